@@ -1,0 +1,1 @@
+"""TFDS builders of sddr-jax, importable as `sddr_jax_datasets.<name>` (see pyproject.toml)."""
