@@ -1,0 +1,523 @@
+"""Shared pieces of the sddr-jax TFDS builders (spec 9.2, 9.3, 10): features, file readers, the base builder.
+
+Every builder writes ArrayRecord files with the same features, chosen so that neither writing nor reading
+needs TensorFlow (tfds' `Image` feature does):
+
+| feature | tfds feature | content |
+|---|---|---|
+| `name` | `Text` | the sample's name, e.g. `artroom1_l`; matches the file stem of precomputed predictions |
+| `rgb` | `Tensor((), object)` | PNG bytes, uint8 RGB |
+| `depth` | `Tensor((None, None), float32, zlib)` | ground truth, larger = farther; 0 marks invalid pixels |
+| `low`, `high` | `Tensor((), object)` | PNG bytes of the precomputed base predictions, or b'' when absent |
+
+Depth is stored as float32 (zlib-compressed inside the record), not as a 16-bit PNG: it is exact (the
+Middlebury and Hypersim protocols need the float values) and decodes with numpy alone.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+import re
+import struct
+import sys
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sddr_jax.errors import UserError
+
+log = logging.getLogger("sddr_jax.datasets")
+
+PNG_COMPRESSION = 3  # zlib level for stored PNGs: close to the best size at a fraction of the time of 9
+
+
+def features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "name": tfds.features.Text(),
+        "rgb": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "depth": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
+        "low": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "high": tfds.features.Tensor(shape=(), dtype=np.object_),
+    })
+
+
+# ----------------------------------------------------------------------------------------------------------
+# File readers. Each raises UserError naming the file and what was expected.
+
+
+def _require(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    return path
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 RGB (H, W, 3) or uint8/uint16 single-channel (H, W) image."""
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise UserError(f"could not encode an image of shape {arr.shape} and dtype {arr.dtype} as PNG")
+    return buf.tobytes()
+
+
+def decode_image(data: bytes, what: str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if arr is None:
+        raise UserError(f"{what}: not a decodable image")
+    return arr
+
+
+def read_rgb(path) -> np.ndarray:
+    """uint8 RGB (H, W, 3) from a PNG/JPEG file (grey images are expanded, alpha dropped)."""
+    path = _require(path)
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise UserError(f"{path}: not a readable image (expected an 8-bit RGB PNG or JPEG)")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise UserError(f"{path}: expected an 8-bit image, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def read_png_map(path, dtypes=(np.uint8, np.uint16)) -> np.ndarray:
+    """A single-channel PNG map (H, W) in one of `dtypes` (a 3-channel grey PNG is accepted if R=G=B)."""
+    path = _require(path)
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise UserError(f"{path}: not a readable PNG")
+    if arr.ndim == 3:
+        if arr.shape[2] >= 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            arr = arr[..., 0]
+        else:
+            raise UserError(f"{path}: expected a single-channel map, got shape {arr.shape}")
+    if arr.dtype not in tuple(np.dtype(d) for d in dtypes):
+        raise UserError(f"{path}: expected dtype in {[np.dtype(d).name for d in dtypes]}, got {arr.dtype}")
+    return arr
+
+
+def read_npy(path) -> np.ndarray:
+    path = _require(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({e})") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise UserError(f"{path}: expected an (H, W) or (H, W, 1) array, got shape {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def read_pfm(path, return_scale: bool = False):
+    """A PFM file as float32 (H, W) or (H, W, 3), top row first (PFM stores rows bottom-up).
+
+    With `return_scale`, returns `(array, abs(scale))`, the scale factor of the header (its sign is the
+    byte order).
+    """
+    path = _require(path)
+    with open(path, "rb") as f:
+        header = f.readline().strip()
+        if header not in (b"Pf", b"PF"):
+            raise UserError(f"{path}: not a PFM file (header {header[:8]!r}, expected b'Pf' or b'PF')")
+        channels = 1 if header == b"Pf" else 3
+        dims = f.readline().decode("ascii", "replace").split()
+        while len(dims) < 2:  # width and height may be split over lines
+            dims += f.readline().decode("ascii", "replace").split()
+        try:
+            width, height = int(dims[0]), int(dims[1])
+            scale = float(f.readline().strip())
+        except ValueError:
+            raise UserError(f"{path}: malformed PFM header") from None
+        endian = "<" if scale < 0 else ">"
+        data = np.frombuffer(f.read(), dtype=endian + "f4")
+    expected = width * height * channels
+    if data.size != expected:
+        raise UserError(f"{path}: PFM data has {data.size} values, expected {width}x{height}x{channels}")
+    shape = (height, width, 3) if channels == 3 else (height, width)
+    arr = np.flipud(data.reshape(shape)).astype(np.float32)
+    return (arr, abs(scale)) if return_scale else arr
+
+
+def write_pfm(path, array: np.ndarray) -> None:
+    """Write a float32 (H, W) PFM (little endian, scale -1), bottom row first. Used by tests and tools."""
+    arr = np.asarray(array, np.float32)
+    if arr.ndim != 2:
+        raise UserError(f"write_pfm: expected an (H, W) array, got shape {arr.shape}")
+    with open(path, "wb") as f:
+        f.write(b"Pf\n%d %d\n-1.0\n" % (arr.shape[1], arr.shape[0]))
+        f.write(np.flipud(arr).astype("<f4").tobytes())
+
+
+def read_middlebury_calib(path) -> dict[str, Any]:
+    """calib.txt of the Middlebury 2021 scenes: cam0/cam1 as 3x3 matrices, the rest as floats."""
+    path = _require(path)
+    out: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        if "=" not in line:
+            continue
+        key, value = (s.strip() for s in line.split("=", 1))
+        if key.startswith("cam"):
+            rows = value.strip("[]").split(";")
+            try:
+                out[key] = np.array([[float(v) for v in r.split()] for r in rows], np.float64)
+            except ValueError:
+                raise UserError(f"{path}: malformed {key} matrix {value!r}") from None
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    for key in ("cam0", "baseline", "doffs"):
+        if key not in out:
+            raise UserError(f"{path}: missing '{key}' (expected Middlebury calib.txt with cam0, doffs, baseline)")
+    return out
+
+
+# --- a small OpenEXR reader (scanline images, NO/ZIPS/ZIP compression, HALF/FLOAT/UINT channels) -----------
+# MVS-Synth ships depth as EXR. OpenCV's pip wheels are built without OpenEXR, so we read the common
+# uncompressed and zlib-compressed variants ourselves; other compressions raise a clear error.
+
+_EXR_MAGIC = 20000630
+_EXR_COMPRESSION = {0: "NO", 1: "RLE", 2: "ZIPS", 3: "ZIP", 4: "PIZ", 5: "PXR24", 6: "B44", 7: "B44A", 8: "DWAA", 9: "DWAB"}
+_EXR_LINES = {0: 1, 2: 1, 3: 16}
+_EXR_TYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
+
+
+def _exr_unpredict(raw: bytes) -> bytes:
+    t = np.frombuffer(raw, np.uint8).astype(np.int64)
+    t[1:] -= 128
+    t = (np.cumsum(t) & 0xFF).astype(np.uint8)
+    half = (t.size + 1) // 2
+    out = np.empty_like(t)
+    out[0::2], out[1::2] = t[:half], t[half:]
+    return out.tobytes()
+
+
+def _exr_predict(raw: bytes) -> bytes:
+    b = np.frombuffer(raw, np.uint8)
+    half = (b.size + 1) // 2
+    t = np.concatenate([b[0::2], b[1::2]]).astype(np.int64)
+    d = t.copy()
+    d[1:] = (t[1:] - t[:-1] + 128 + 256) & 0xFF
+    return d.astype(np.uint8).tobytes()
+
+
+def read_exr(path, channel: str | None = None) -> np.ndarray:
+    """The first (or the named) channel of a scanline OpenEXR file as float32 (H, W)."""
+    path = _require(path)
+    data = path.read_bytes()
+    if len(data) < 8 or struct.unpack_from("<i", data, 0)[0] != _EXR_MAGIC:
+        raise UserError(f"{path}: not an OpenEXR file")
+    flags = struct.unpack_from("<i", data, 4)[0]
+    if flags & 0x1A00:  # tiled, deep or multi-part
+        raise UserError(f"{path}: tiled/deep/multi-part EXR is not supported (expected a scanline image)")
+    pos, header = 8, {}
+    while data[pos] != 0:
+        end = data.index(b"\0", pos)
+        name = data[pos:end].decode()
+        end2 = data.index(b"\0", end + 1)
+        typ = data[end + 1:end2].decode()
+        size = struct.unpack_from("<i", data, end2 + 1)[0]
+        header[name] = (typ, data[end2 + 5:end2 + 5 + size])
+        pos = end2 + 5 + size
+    pos += 1
+    try:
+        chl = header["channels"][1]
+        comp = header["compression"][1][0]
+        xmin, ymin, xmax, ymax = struct.unpack("<4i", header["dataWindow"][1])
+    except KeyError as e:
+        raise UserError(f"{path}: EXR header lacks {e}") from None
+    channels, p = [], 0
+    while chl[p] != 0:
+        end = chl.index(b"\0", p)
+        cname = chl[p:end].decode()
+        ptype = struct.unpack_from("<i", chl, end + 1)[0]  # then pLinear, 3 reserved bytes, x/y sampling
+        if ptype not in _EXR_TYPES:
+            raise UserError(f"{path}: unknown EXR pixel type {ptype} for channel {cname!r}")
+        channels.append((cname, _EXR_TYPES[ptype]))
+        p = end + 17
+    if comp not in _EXR_LINES:
+        raise UserError(f"{path}: EXR compression {_EXR_COMPRESSION.get(comp, comp)} is not supported by the "
+                        "built-in reader (NO, ZIPS, ZIP are); convert the depth to .npy or .pfm, e.g. with OpenEXR")
+    width, height = xmax - xmin + 1, ymax - ymin + 1
+    names = [c for c, _ in channels]
+    want = channel if channel is not None else next((c for c in ("Y", "Z", "R", "D") if c in names), names[0])
+    if want not in names:
+        raise UserError(f"{path}: no channel {want!r} (channels: {names})")
+    lines = _EXR_LINES[comp]
+    nchunks = (height + lines - 1) // lines
+    offsets = struct.unpack_from(f"<{nchunks}Q", data, pos)
+    out = np.empty((height, width), np.float32)
+    row_bytes = sum(width * dt.itemsize for _, dt in channels)
+    for off in offsets:
+        y, size = struct.unpack_from("<ii", data, off)
+        y -= ymin
+        nlines = min(lines, height - y)
+        chunk = data[off + 8:off + 8 + size]
+        if size < nlines * row_bytes:  # compressed (EXR stores raw when compression does not help)
+            try:
+                chunk = _exr_unpredict(zlib.decompress(chunk))
+            except zlib.error:
+                raise UserError(f"{path}: corrupt zlib data in EXR chunk at line {y}") from None
+        if len(chunk) != nlines * row_bytes:
+            raise UserError(f"{path}: EXR chunk at line {y} has {len(chunk)} bytes, expected {nlines * row_bytes}")
+        q = 0
+        for line in range(nlines):
+            for cname, dt in channels:
+                n = width * dt.itemsize
+                if cname == want:
+                    out[y + line] = np.frombuffer(chunk, dt, width, q).astype(np.float32)
+                q += n
+    return out
+
+
+def write_exr(path, array: np.ndarray, channel: str = "Y", compression: str = "ZIP") -> None:
+    """Write a float32 (H, W) scanline EXR with one FLOAT channel (NO, ZIPS or ZIP). Used by tests and tools."""
+    arr = np.ascontiguousarray(np.asarray(array, "<f4"))
+    comp = {"NO": 0, "ZIPS": 2, "ZIP": 3}[compression]
+    h, w = arr.shape
+
+    def attr(name, typ, value):
+        return name.encode() + b"\0" + typ.encode() + b"\0" + struct.pack("<i", len(value)) + value
+
+    chl = channel.encode() + b"\0" + struct.pack("<iB3xii", 2, 0, 1, 1) + b"\0"
+    header = (struct.pack("<ii", _EXR_MAGIC, 2) + attr("channels", "chlist", chl)
+              + attr("compression", "compression", bytes([comp]))
+              + attr("dataWindow", "box2i", struct.pack("<4i", 0, 0, w - 1, h - 1))
+              + attr("displayWindow", "box2i", struct.pack("<4i", 0, 0, w - 1, h - 1))
+              + attr("lineOrder", "lineOrder", b"\0") + attr("pixelAspectRatio", "float", struct.pack("<f", 1.0))
+              + attr("screenWindowCenter", "v2f", struct.pack("<ff", 0, 0))
+              + attr("screenWindowWidth", "float", struct.pack("<f", 1.0)) + b"\0")
+    lines = _EXR_LINES[comp]
+    chunks = []
+    for y in range(0, h, lines):
+        raw = arr[y:y + lines].tobytes()
+        if comp:
+            packed = zlib.compress(_exr_predict(raw))
+            raw = packed if len(packed) < len(raw) else raw
+        chunks.append(struct.pack("<ii", y, len(raw)) + raw)
+    offset = len(header) + 8 * len(chunks)
+    table = b""
+    for c in chunks:
+        table += struct.pack("<Q", offset)
+        offset += len(c)
+    with open(path, "wb") as f:
+        f.write(header + table + b"".join(chunks))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation and precomputed predictions.
+
+
+def check_depth(depth: np.ndarray, path, *, allow_nan: bool = False, allow_inf: bool = False) -> np.ndarray:
+    """Float32 (H, W) depth with invalid pixels as 0.
+
+    NaN and inf are errors unless the format uses them to mark missing values (`allow_nan`, `allow_inf`),
+    in which case they become 0 (invalid). Negative values are errors; at least one pixel must be valid.
+    """
+    d = np.asarray(depth, np.float32)
+    if d.ndim != 2:
+        raise UserError(f"{path}: expected an (H, W) depth map, got shape {d.shape}")
+    nan, inf = np.isnan(d), np.isinf(d)
+    if nan.any() and not allow_nan:
+        raise UserError(f"{path}: depth has {int(nan.sum())} NaN values (this format should have none)")
+    if inf.any() and not allow_inf:
+        raise UserError(f"{path}: depth has {int(inf.sum())} infinite values (this format should have none)")
+    d = np.where(nan | inf, 0.0, d).astype(np.float32)
+    if (d < 0).any():
+        raise UserError(f"{path}: depth has {int((d < 0).sum())} negative values")
+    if not (d > 0).any():
+        raise UserError(f"{path}: depth has no valid (> 0) pixel")
+    return d
+
+
+def inverse(disparity: np.ndarray) -> np.ndarray:
+    """Relative depth 1/disparity where disparity > 0 (finite), else 0 (invalid)."""
+    disp = np.asarray(disparity, np.float32)
+    ok = np.isfinite(disp) & (disp > 0)
+    return np.where(ok, 1.0 / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
+
+
+_PRED_DIR = re.compile(r"^(low|high)_(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionDirs:
+    """The official demo layout: `<root>/<predictor>/low_<res>/<name>.png` and `high_<res>/<name>.png`."""
+
+    predictor: str
+    low: Path
+    high: Path
+
+
+def find_prediction_dirs(manual_dir, predictor: str | None = None, max_depth: int = 3) -> PredictionDirs | None:
+    """Finds one `low_<res>/` + `high_<res>/` pair below `manual_dir` (None when there is none).
+
+    With several predictors (parent folders holding such a pair), `predictor` names the one to use.
+    """
+    root = Path(manual_dir)
+    pairs: dict[Path, dict[str, list[Path]]] = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if depth >= max_depth:
+            dirnames[:] = []
+        for d in dirnames:
+            m = _PRED_DIR.match(d)
+            if m:
+                pairs.setdefault(Path(dirpath), {}).setdefault(m.group(1), []).append(Path(dirpath) / d)
+    found = {p: v for p, v in pairs.items() if "low" in v and "high" in v}
+    if not found:
+        return None
+    if predictor is not None:
+        found = {p: v for p, v in found.items() if p.name == predictor}
+        if not found:
+            raise UserError(f"{root}: no low_<res>/ and high_<res>/ folders under a folder named {predictor!r}")
+    if len(found) > 1:
+        names = sorted(str(p.relative_to(root)) for p in found)
+        raise UserError(f"{root}: several precomputed predictions {names}; choose one with --predictor NAME")
+    parent, v = next(iter(found.items()))
+    for kind in ("low", "high"):
+        if len(v[kind]) > 1:
+            raise UserError(f"{parent}: several {kind}_<res>/ folders {sorted(p.name for p in v[kind])}; keep one")
+    return PredictionDirs(parent.name, v["low"][0], v["high"][0])
+
+
+def read_prediction_png(path) -> bytes:
+    """The PNG bytes of a precomputed prediction, checked to be a single-channel 8/16-bit map."""
+    read_png_map(path)
+    return Path(path).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The base builder.
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One example to build: its name and the files its loader reads."""
+
+    name: str
+    files: dict[str, Path]
+
+
+class DepthBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the sddr-jax builders: lists samples from the manual directory, loads, checks and encodes them.
+
+    Subclasses define `_samples(manual_dir) -> {split: [Sample]}` and `_load(sample) -> (rgb, depth)` with
+    rgb uint8 (H, W, 3) and depth float32 (H, W), larger = farther, 0 = invalid.
+
+    Builder kwargs (also `sddr-jax datasets build` flags):
+      skip_corrupt: skip samples that fail to load (each is logged with its file; the count is reported in
+        `self.skipped` and printed); by default the first failure stops the build with an error naming the file.
+      predictor: which `<predictor>/low_<res>, high_<res>` folders to store when several are present.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = ""
+    DESCRIPTION = ""
+    CITATION = ""
+    LICENSE = ""
+
+    def __init__(self, *, skip_corrupt: bool = False, predictor: str | None = None, **kwargs):
+        self.skip_corrupt = bool(skip_corrupt)
+        self.predictor = predictor
+        self.skipped: dict[str, list[str]] = {}
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=self.DESCRIPTION + (f"\n\nLicence: {self.LICENSE}" if self.LICENSE else ""),
+            features=features(),
+            homepage=self.HOMEPAGE or None,
+            citation=self.CITATION or None,
+        )
+
+    # --- to be defined by each dataset ---
+    @abc.abstractmethod
+    def _samples(self, manual_dir: Path) -> dict[str, list[Sample]]:
+        ...
+
+    @abc.abstractmethod
+    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+    def _allow_predictions(self) -> bool:
+        return True
+
+    # --- shared machinery ---
+    def _split_generators(self, dl_manager):
+        manual = Path(dl_manager.manual_dir)
+        if not manual.is_dir():
+            raise UserError(f"manual_dir {manual}: not a directory. {self.name}: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        splits = self._samples(manual)
+        for split, samples in splits.items():
+            if not samples:
+                raise UserError(f"manual_dir {manual}: found no {self.name} samples for split '{split}'. "
+                                f"Expected layout: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            names = [s.name for s in samples]
+            if len(set(names)) != len(names):
+                dup = sorted({n for n in names if names.count(n) > 1})[:5]
+                raise UserError(f"manual_dir {manual}: duplicate sample names {dup} in split '{split}'")
+        preds = find_prediction_dirs(manual, self.predictor) if self._allow_predictions() else None
+        return {split: self._generate_examples(split, samples, preds) for split, samples in splits.items()}
+
+    def _generate_examples(self, split: str, samples: list[Sample], preds: PredictionDirs | None):
+        skipped = self.skipped.setdefault(split, [])
+        for sample in samples:
+            try:
+                example = self._example(sample, preds)
+            except (UserError, OSError, ValueError, KeyError) as e:
+                if not self.skip_corrupt:
+                    raise UserError(f"{self.name} sample {sample.name}: {e} "
+                                    "(pass --skip_corrupt to skip corrupt samples and report their count)") from None
+                log.warning("%s: skipping corrupt sample %s: %s", self.name, sample.name, e)
+                print(f"{self.name}: skipping corrupt sample {sample.name}: {e}", file=sys.stderr)
+                skipped.append(f"{sample.name}: {e}")
+                continue
+            yield sample.name, example
+        if skipped:
+            print(f"{self.name}: skipped {len(skipped)} corrupt sample(s) in split '{split}'", file=sys.stderr)
+
+    def _example(self, sample: Sample, preds: PredictionDirs | None) -> dict[str, Any]:
+        rgb, depth = self._load(sample)
+        where = ", ".join(str(p) for p in sample.files.values())
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise UserError(f"{where}: expected a uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
+        if depth.shape != rgb.shape[:2]:
+            raise UserError(f"{where}: image is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
+                            f"{depth.shape[1]}x{depth.shape[0]} (width x height); they must match")
+        low = high = b""
+        if preds is not None:
+            low = read_prediction_png(preds.low / f"{sample.name}.png")
+            high = read_prediction_png(preds.high / f"{sample.name}.png")
+        return {"name": sample.name, "rgb": encode_png(rgb), "depth": depth.astype(np.float32),
+                "low": low, "high": high}
+
+
+def sorted_glob(root: Path, pattern: str) -> list[Path]:
+    return sorted(Path(root).glob(pattern))
+
+
+def split_dir(manual: Path, *names: str) -> Path | None:
+    """The first existing `manual/<name>` among `names` (case variants are common in downloads)."""
+    for n in names:
+        if (manual / n).is_dir():
+            return manual / n
+    return None

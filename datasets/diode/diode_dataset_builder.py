@@ -1,0 +1,57 @@
+"""`diode`: the DIODE validation split (771 images, indoor + outdoor, spec 9.3).
+
+Depth = `<stem>_depth.npy` (metres) where `<stem>_depth_mask.npy` is 1, else 0 (invalid).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sddr_jax.errors import UserError
+from sddr_jax_datasets import _common
+
+
+@dataclasses.dataclass
+class DiodeConfig(tfds.core.BuilderConfig):
+    scenes: tuple[str, ...] = ("indoors", "outdoor")
+
+
+class Builder(_common.DepthBuilder):
+    """DIODE (Vasiljevic et al. 2019) validation split from the manual download."""
+
+    name = "diode"
+    BUILDER_CONFIGS = [
+        DiodeConfig(name="all", description="indoor and outdoor validation images", scenes=("indoors", "outdoor")),
+        DiodeConfig(name="indoors", description="indoor validation images", scenes=("indoors",)),
+        DiodeConfig(name="outdoor", description="outdoor validation images", scenes=("outdoor",)),
+    ]
+    DEFAULT_CONFIG_NAME = "all"
+    HOMEPAGE = "https://diode-dataset.org/"
+    DESCRIPTION = "DIODE dense indoor/outdoor depth, validation split (1024x768)."
+    LICENSE = "MIT (DIODE)"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Extract val.tar.gz: <manual_dir>/val/<indoors|outdoor>/scene_*/scan_*/<stem>.png with "
+        "<stem>_depth.npy and <stem>_depth_mask.npy.")
+
+    def _samples(self, manual_dir: Path):
+        root = _common.split_dir(manual_dir, "val") or manual_dir
+        samples = []
+        for kind in self.builder_config.scenes:
+            for img in _common.sorted_glob(root / kind, "scene_*/scan_*/*.png"):
+                samples.append(_common.Sample(img.stem, {
+                    "rgb": img, "depth": img.with_name(f"{img.stem}_depth.npy"),
+                    "mask": img.with_name(f"{img.stem}_depth_mask.npy")}))
+        return {"validation": samples}
+
+    def _load(self, sample):
+        rgb = _common.read_rgb(sample.files["rgb"])
+        depth = _common.read_npy(sample.files["depth"])
+        mask = _common.read_npy(sample.files["mask"])
+        if mask.shape != depth.shape:
+            raise UserError(f"{sample.files['mask']}: mask shape {mask.shape} != depth shape {depth.shape} "
+                            f"of {sample.files['depth']}")
+        depth = _common.check_depth(depth, sample.files["depth"])
+        return rgb, np.where(mask > 0, depth, 0.0).astype(np.float32)

@@ -1,0 +1,50 @@
+"""`hrwsi`: HR-WSI web stereo images (training set, spec 10).
+
+GT is 8-bit disparity (`gts/<stem>.png`); we store relative depth = 255 / disparity where the disparity
+is > 0 and `valid_masks/<stem>.png` (when present) is non-zero, else 0 (invalid). The losses are
+scale-and-shift invariant, so the unknown disparity scale does not matter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sddr_jax.errors import UserError
+from sddr_jax_datasets import _common
+
+
+class Builder(_common.DepthBuilder):
+    """HR-WSI (Xian et al., CVPR 2020) from the manual download."""
+
+    name = "hrwsi"
+    HOMEPAGE = "https://github.com/KexianHust/Structure-Guided-Ranking-Loss"
+    DESCRIPTION = "HR-WSI high-resolution web stereo images with disparity GT (stored as relative depth)."
+    LICENSE = "Research use only (see the project page)"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "<manual_dir>/<train|val>/imgs/<stem>.jpg, gts/<stem>.png (8-bit disparity), "
+        "valid_masks/<stem>.png (optional).")
+
+    def _samples(self, manual_dir: Path):
+        out = {}
+        for split, folder in (("train", "train"), ("validation", "val")):
+            imgs = _common.sorted_glob(manual_dir / folder / "imgs", "*.jpg") + _common.sorted_glob(
+                manual_dir / folder / "imgs", "*.png")
+            if imgs:
+                out[split] = [_common.Sample(p.stem, {
+                    "rgb": p, "disp": manual_dir / folder / "gts" / f"{p.stem}.png",
+                    "mask": manual_dir / folder / "valid_masks" / f"{p.stem}.png"}) for p in imgs]
+        if not out:
+            out["train"] = []
+        return out
+
+    def _load(self, sample):
+        rgb = _common.read_rgb(sample.files["rgb"])
+        disp = _common.read_png_map(sample.files["disp"]).astype(np.float32)
+        if sample.files["mask"].exists():
+            mask = _common.read_png_map(sample.files["mask"], dtypes=(np.uint8,))
+            if mask.shape != disp.shape:
+                raise UserError(f"{sample.files['mask']}: shape {mask.shape} != disparity {disp.shape}")
+            disp = np.where(mask > 0, disp, 0.0)
+        depth = _common.inverse(disp / 255.0)
+        return rgb, _common.check_depth(depth, sample.files["disp"])

@@ -1,0 +1,46 @@
+"""`mvs_synth`: MVS-Synth (training set, spec 10): GTA-V frames with EXR depth (inf = sky -> invalid).
+
+Depth is read from `depths/<frame>.exr` with a small built-in OpenEXR reader (scanline, NO/ZIPS/ZIP
+compression); `.npy` or `.pfm` depth files with the same stem are accepted too (e.g. after a conversion).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sddr_jax.errors import UserError
+from sddr_jax_datasets import _common
+
+_READERS = {".exr": _common.read_exr, ".npy": _common.read_npy, ".pfm": _common.read_pfm}
+
+
+class Builder(_common.DepthBuilder):
+    """MVS-Synth (Huang et al., CVPR 2018, DeepMVS) from the manual download."""
+
+    name = "mvs_synth"
+    HOMEPAGE = "https://phuang17.github.io/DeepMVS/mvs-synth.html"
+    DESCRIPTION = "MVS-Synth: 120 GTA-V sequences x 100 frames, RGB + depth (EXR)."
+    LICENSE = "Research/non-commercial use only (GTA-V content; see the dataset page)"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "<manual_dir>[/GTAV_<res>]/<NNNN>/images/<FFFF>.png with depths/<FFFF>.exr (poses/ are not used).")
+
+    def _samples(self, manual_dir: Path):
+        imgs = sorted(set(manual_dir.glob("*/images/*.png")) | set(manual_dir.glob("*/*/images/*.png")))
+        samples = []
+        for img in imgs:
+            seq = img.parents[1]
+            prefix = f"{seq.parent.name}_" if seq.parent != manual_dir else ""
+            depth = next((seq / "depths" / f"{img.stem}{ext}" for ext in _READERS
+                          if (seq / "depths" / f"{img.stem}{ext}").exists()), seq / "depths" / f"{img.stem}.exr")
+            samples.append(_common.Sample(f"{prefix}{seq.name}_{img.stem}", {"rgb": img, "depth": depth}))
+        return {"train": samples}
+
+    def _load(self, sample):
+        rgb = _common.read_rgb(sample.files["rgb"])
+        path = sample.files["depth"]
+        reader = _READERS.get(path.suffix)
+        if reader is None:
+            raise UserError(f"{path}: unsupported depth format (expected .exr, .npy or .pfm)")
+        depth = reader(path)
+        if depth.ndim != 2:
+            raise UserError(f"{path}: expected a single-channel depth map, got shape {depth.shape}")
+        return rgb, _common.check_depth(depth, path, allow_inf=True)

@@ -1,0 +1,451 @@
+"""Batched coarse-to-fine refinement: two-stage inference and the edge pseudo-labels G_S (spec 5.2, 5.5, 6).
+
+The official code refines one window at a time. Here every step's windows (of every image in the batch)
+go through ONE refiner call: the windows are cropped with static coordinates, resized to the refiner size
+S so that they share a shape, refined together, aligned, resized back and merged. The only sequential
+dependency of the official procedure is the merge order of overlapping windows; it is kept exactly by
+applying the feather blends in window order after the batched computation (`blend="official"`).
+
+Window sizes differ slightly (the flush last column/row) and the predictor resolution differs per window
+(adaptive rule), so the predictor calls are grouped: by (window height, window width, resolution) when the
+resolutions are known on the host, or, inside jit, by window shape with every candidate resolution of the
+three-level rule evaluated and the right one selected per window (see docs/windows.md).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sddr_jax import edges
+from sddr_jax.errors import UserError
+from sddr_jax.ops import resize_bilinear, resize_nearest
+from sddr_jax.windows import (
+    BASE_RESOLUTION,
+    BLENDS,
+    MAX_RESOLUTION,
+    OFFICIAL_SCHEDULE,
+    Window,
+    align_scale_shift,
+    apply_scale_shift,
+    bilateral_filter,
+    blend_windows,
+    candidate_resolutions,
+    check_schedule,
+    feather_mask,
+    resize_cv,
+    resolution_factors,
+    resolution_factors_host,
+    window_grid,
+)
+
+Array = jax.Array
+RefinerFn = Callable[[Any, Array, Array], Array]
+
+GLOBAL_SIZES = (448, 1024)  # official global pass: predictor at 448^2 (low) and 1024^2 (high), spec 5.2 step 2
+RESOLUTIONS = ("adaptive", "fixed")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the refiner call
+
+
+def minmax_normalize(x: Array) -> Array:
+    """Min-max normalise each sample of (B, H, W, C) to [0, 1] (the official `inference` step).
+
+    A constant sample (max == min, where the official code divides by zero) maps to zeros.
+    """
+    lo = jnp.min(x, axis=(-3, -2, -1), keepdims=True)
+    rng = jnp.max(x, axis=(-3, -2, -1), keepdims=True) - lo
+    return jnp.where(rng > 0, (x - lo) / jnp.where(rng > 0, rng, 1.0), 0.0)
+
+
+def official_refiner(params: Any, low: Array, high: Array) -> Array:
+    """The default refiner function: min-max normalise each input, apply `Refiner()` (MiT-b0), return refined.
+
+    Any function `refiner_fn(params, low, high) -> (N, S, S, 1)` with the same meaning can replace it
+    (another backbone, bf16, a stand-in in tests). It must be hashable (a module-level function, or a
+    partial kept alive) because it is a static argument of the jitted pipelines.
+    """
+    from sddr_jax.models import Refiner
+
+    return Refiner().apply({"params": params}, minmax_normalize(low), minmax_normalize(high), train=False).refined
+
+
+# ----------------------------------------------------------------------------------------------------
+# predictors as jit arguments: array leaves are traced, everything else (functions, ints) is static
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+class _Static:
+    """Hashable holder of a predictor's non-array leaves and tree structure (a static jit argument)."""
+
+    def __init__(self, treedef: Any, leaves: tuple):
+        self.treedef, self.leaves = treedef, leaves
+
+    def _key(self):
+        return (self.treedef, tuple((type(v), v) if v is not None else None for v in self.leaves))
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key() == other._key()
+
+
+def _partition(predictor: Any) -> tuple[list, _Static]:
+    if not callable(predictor):
+        raise UserError(f"predictor: expected a callable predict(image, size) -> depth, got {type(predictor).__name__}")
+    leaves, treedef = jax.tree_util.tree_flatten(predictor)
+    dynamic = [v if _is_array(v) else None for v in leaves]
+    static = tuple(None if _is_array(v) else v for v in leaves)
+    try:
+        hash(static)
+    except TypeError:
+        raise UserError(
+            "predictor: its non-array fields must be hashable (they are static under jit); "
+            "make the predictor a pytree (e.g. a flax.struct.dataclass) whose arrays are leaves"
+        ) from None
+    return dynamic, _Static(treedef, static)
+
+
+def _combine(dynamic: list, static: _Static) -> Any:
+    leaves = [d if s is None else s for d, s in zip(dynamic, static.leaves)]
+    return jax.tree_util.tree_unflatten(static.treedef, leaves)
+
+
+# ----------------------------------------------------------------------------------------------------
+# building blocks (pure; called inside jit)
+
+
+def _crop(x: Array, w: Window) -> Array:
+    return x[:, w.y0 : w.y1, w.x0 : w.x1, :]
+
+
+def _predict(predictor: Callable, image: Array, res: int, size: int) -> Array:
+    """Predictor at res^2, checked, then R_bilinear_torch to size^2 (the official high-input resize)."""
+    out = predictor(image, int(res))
+    expect = (image.shape[0], res, res, 1)
+    if tuple(out.shape) != expect:
+        raise UserError(f"predictor: predict(image {tuple(image.shape)}, {res}) must return {expect}, got {tuple(out.shape)}")
+    return resize_bilinear(out.astype(jnp.float32), (size, size))
+
+
+def _global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
+    """Spec 5.2 step 2: refine the whole image at size^2; min-max; R_nearest_torch to H x W -> base map B."""
+    low = _predict(predictor, image, global_sizes[0], size)
+    high = _predict(predictor, image, global_sizes[1], size)
+    d0 = refiner_fn(params, low, high)
+    return resize_nearest(minmax_normalize(d0.astype(jnp.float32)), image.shape[1:3])
+
+
+def _shape_groups(windows: Sequence[Window]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, w in enumerate(windows):
+        groups.setdefault(w.shape, []).append(n)
+    return groups
+
+
+def _highs_planned(image, predictor, windows, plan, size) -> Array:
+    """High inputs (B, N, S, S, 1) with known per-(image, window) resolutions `plan` (B x N static ints).
+
+    One predictor call per distinct (window height, window width, resolution).
+    """
+    b_size, n_win = image.shape[0], len(windows)
+    groups: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    for b in range(b_size):
+        for n, w in enumerate(windows):
+            groups.setdefault((w.height, w.width, int(plan[b][n])), []).append((b, n))
+    outs, order = [], []
+    for (_, _, res), members in groups.items():
+        crops = jnp.stack([image[b, windows[n].y0 : windows[n].y1, windows[n].x0 : windows[n].x1, :] for b, n in members])
+        outs.append(_predict(predictor, crops, res, size))
+        order.extend(b * n_win + n for b, n in members)
+    highs = jnp.concatenate(outs, axis=0)
+    highs = jnp.take(highs, jnp.asarray(np.argsort(np.asarray(order))), axis=0)
+    return highs.reshape((b_size, n_win) + highs.shape[1:])
+
+
+def _highs_selected(image, predictor, windows, index, candidates, size) -> Array:
+    """High inputs (B, N, S, S, 1) when the factor level `index` (B, N) is only known in-graph.
+
+    Per window shape, the predictor runs at each distinct candidate resolution for all images and windows of
+    that shape, and each window keeps the output of its own level (static shapes, ~3x the predictor work).
+    """
+    b_size, n_win = image.shape[0], len(windows)
+    highs = [None] * n_win
+    for shape, members in _shape_groups(windows).items():
+        cands = candidates[members[0]]
+        crops = jnp.stack([_crop(image, windows[n]) for n in members], axis=1)  # (B, G, h, w, C)
+        crops = crops.reshape((-1,) + crops.shape[2:])
+        by_res = {res: _predict(predictor, crops, res, size) for res in dict.fromkeys(cands)}
+        stacked = jnp.stack([by_res[res] for res in cands])  # (levels, B*G, S, S, 1)
+        level = index[:, jnp.asarray(members)].reshape(-1)  # (B*G,)
+        chosen = jnp.take_along_axis(stacked, level[None, :, None, None, None], axis=0)[0]
+        chosen = chosen.reshape((b_size, len(members)) + chosen.shape[1:])
+        for g, n in enumerate(members):
+            highs[n] = chosen[:, g]
+    return jnp.stack(highs, axis=1)
+
+
+def _refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg):
+    """One coarse-to-fine step up to the merge: -> list of aligned window patches (B, h_n, w_n, 1).
+
+    low input = B restricted to the window, R_nearest_torch to S; high input = predictor on the image window
+    (resolution by the plan or the in-graph rule), R_bilinear_torch to S; ONE refiner call on all B x N
+    windows; least-squares scale/shift of each refined window to its low input; R_cv_cubic back to the
+    window size (spec 5.2 d).
+    """
+    b_size, n_win = base.shape[0], len(windows)
+    lows = jnp.stack([resize_nearest(_crop(base, w), (size, size)) for w in windows], axis=1)
+    if plan is not None:
+        highs = _highs_planned(image, predictor, windows, plan, size)
+    else:
+        base_res, max_res, fixed = resolution_cfg
+        cands = [candidate_resolutions(w.shape, base_res, max_res) for w in windows]
+        if fixed:
+            index = jnp.ones((b_size, n_win), jnp.int32)
+        else:
+            index = resolution_factors(base, windows)
+        highs = _highs_selected(image, predictor, windows, index, cands, size)
+    flat = (b_size * n_win, size, size, 1)
+    refined = refiner_fn(params, lows.reshape(flat), highs.reshape(flat)).astype(jnp.float32).reshape(lows.shape)
+    scale, shift = align_scale_shift(refined, lows)
+    aligned = apply_scale_shift(refined, scale, shift)
+    patches = [None] * n_win
+    for shape, members in _shape_groups(windows).items():
+        back = resize_cv(aligned[:, jnp.asarray(members)], shape, "cubic")  # (B, G, h, w, 1)
+        for g, n in enumerate(members):
+            patches[n] = back[:, g]
+    return patches
+
+
+def _interior(shape: tuple[int, int]) -> np.ndarray:
+    # G(.) uses zero padding, so a window's 1-pixel border carries a spurious step: kept out of fit and merge.
+    m = np.zeros(shape, np.float32)
+    m[1:-1, 1:-1] = 1.0
+    return m
+
+
+def _gradient_patches(patches, windows, previous):
+    """Spec 6 step 2: G(D_w) of each window aligned by least squares to the previous label on the window."""
+    out = [None] * len(windows)
+    for shape, members in _shape_groups(windows).items():
+        depth = jnp.stack([patches[n] for n in members], axis=1)  # (B, G, h, w, 1)
+        grads = edges.sobel_abs(depth.reshape((-1,) + depth.shape[2:])).reshape(depth.shape)
+        prev = jnp.stack([_crop(previous, windows[n]) for n in members], axis=1)
+        inner = jnp.asarray(_interior(shape))[..., None]
+        beta1, beta0 = align_scale_shift(grads, prev, inner)
+        aligned = apply_scale_shift(grads, beta1, beta0)
+        for g, n in enumerate(members):
+            out[n] = aligned[:, g]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# jitted cores
+
+
+@functools.partial(jax.jit, static_argnames=("pred_static", "size", "global_sizes", "refiner_fn"))
+def _global_pass_jit(params, image, pred_dynamic, *, pred_static, size, global_sizes, refiner_fn):
+    return _global_pass(params, image, _combine(pred_dynamic, pred_static), size, global_sizes, refiner_fn)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("pred_static", "windows", "size", "refiner_fn", "blend", "plan", "resolution_cfg"),
+)
+def _two_stage_step_jit(
+    params, image, base, pred_dynamic, *, pred_static, windows, size, refiner_fn, blend, plan, resolution_cfg
+):
+    predictor = _combine(pred_dynamic, pred_static)
+    patches = _refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg)
+    return blend_windows(base, patches, windows, mode=blend)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "pred_static", "steps", "size", "global_sizes", "refiner_fn", "blend", "resolution_cfg", "bilateral",
+    ),
+)
+def _edge_labels_jit(
+    params, image, pred_dynamic, *, pred_static, steps, size, global_sizes, refiner_fn, blend, resolution_cfg, bilateral
+):
+    predictor = _combine(pred_dynamic, pred_static)
+    height, width = image.shape[1:3]
+    base = _global_pass(params, image, predictor, size, global_sizes, refiner_fn)
+    label = edges.sobel_abs(base)
+    if bilateral is not None:
+        label = bilateral_filter(label, *bilateral)
+    for pieces, cover in steps:
+        windows = window_grid(height, width, pieces, cover)
+        patches = _refine_windows(params, image, base, predictor, windows, size, refiner_fn, None, resolution_cfg)
+        grads = _gradient_patches(patches, windows, label)
+        masks = [feather_mask(*w.shape) * _interior(w.shape) for w in windows]
+        label = blend_windows(label, grads, windows, masks=masks, mode=blend)
+        base = blend_windows(base, patches, windows, mode=blend)
+    return label, base
+
+
+# ----------------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, name):
+    if getattr(image, "ndim", None) != 4:
+        raise UserError(f"{name}: expected an image batch (B, H, W, C), got shape {tuple(getattr(image, 'shape', ()))}")
+    size = int(size)
+    if size < 1:
+        raise UserError(f"{name}: size must be a positive int, got {size}")
+    if blend not in BLENDS:
+        raise UserError(f"{name}: blend must be one of {BLENDS}, got {blend!r}")
+    if resolution not in RESOLUTIONS:
+        raise UserError(f"{name}: resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    try:
+        gs = tuple(min(int(s), int(max_resolution)) for s in global_sizes)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}: global_sizes must be two ints (low, high), got {global_sizes!r}") from None
+    if len(gs) != 2 or min(gs) < 1:
+        raise UserError(f"{name}: global_sizes must be two positive ints (low, high), got {global_sizes!r}")
+    if int(base_resolution) < 1 or int(max_resolution) < 32:
+        raise UserError(f"{name}: need base_resolution >= 1 and max_resolution >= 32, got {base_resolution}, {max_resolution}")
+    return size, gs
+
+
+def refine_two_stage(
+    params: Any,
+    rgb: Array,
+    predictor: Callable[[Array, int], Array],
+    schedule: Sequence[tuple[int, float]] = OFFICIAL_SCHEDULE,
+    size: int = 1024,
+    blend: str = "official",
+    *,
+    resolution: str = "adaptive",
+    plan_on_host: bool | None = None,
+    base_resolution: int = BASE_RESOLUTION,
+    max_resolution: int = MAX_RESOLUTION,
+    global_sizes: Sequence[int] = GLOBAL_SIZES,
+    refiner_fn: RefinerFn = official_refiner,
+) -> Array:
+    """Two-stage coarse-to-fine refinement (spec 5.2): rgb (B, H, W, C) -> refined depth (B, H, W, 1).
+
+    Global pass at `size`^2 (predictor at `global_sizes`), then for each (pieces, cover) of `schedule`
+    (official `((2, 0.2), (3, 0.25))`, paper-like `windows.PAPER_SCHEDULE`) the windows of `window_grid`
+    are refined in ONE batched refiner call against the previous step's map and merged with the feather
+    mask (`blend="official"`: the official sequential order; `"average"`: order-independent).
+
+    resolution: "adaptive" = the official three-level rule (spec 5.2 c); "fixed" = factor 1.0 everywhere.
+    plan_on_host: where the adaptive levels are computed. True: on the host (exact official float64
+    Sobel/percentile), each window's predictor runs once at its own resolution, grouped by
+    (window shape, resolution), one compiled step per distinct plan. False: in-graph (jittable), every
+    candidate resolution is predicted and selected. None (default): host unless called under a jax
+    transformation. `predictor` follows the predictor protocol (sddr_jax.predictors); for the simulated
+    and precomputed predictors `rgb` is the array they expect (ground truth, stacked maps).
+    Returns the working map U of the last step (values on the [0, 1] scale of the global pass).
+    """
+    steps = check_schedule(schedule)
+    size, gs = _check_common(rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage")
+    pred_dynamic, pred_static = _partition(predictor)
+    traced = isinstance(rgb, jax.core.Tracer)
+    if plan_on_host is None:
+        plan_on_host = not traced
+    if plan_on_host and traced:
+        raise UserError("refine_two_stage: plan_on_host=True needs concrete arrays (it cannot run under jit/vmap)")
+    height, width = int(rgb.shape[1]), int(rgb.shape[2])
+    rgb = jnp.asarray(rgb, jnp.float32)
+    base = _global_pass_jit(params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn)
+    cfg = (int(base_resolution), int(max_resolution), resolution == "fixed")
+    for pieces, cover in steps:
+        windows = window_grid(height, width, pieces, cover)
+        plan = None
+        if plan_on_host:
+            cands = [candidate_resolutions(w.shape, cfg[0], cfg[1]) for w in windows]
+            if resolution == "fixed":
+                levels = np.ones((rgb.shape[0], len(windows)), np.int32)
+            else:
+                base_np = np.asarray(base)
+                levels = np.stack([resolution_factors_host(base_np[b, ..., 0], windows) for b in range(base_np.shape[0])])
+            plan = tuple(tuple(cands[n][int(levels[b, n])] for n in range(len(windows))) for b in range(levels.shape[0]))
+        base = _two_stage_step_jit(
+            params, rgb, base, pred_dynamic, pred_static=pred_static, windows=windows, size=size,
+            refiner_fn=refiner_fn, blend=blend, plan=plan, resolution_cfg=cfg,
+        )
+    return base
+
+
+def edge_labels(
+    params: Any,
+    image: Array,
+    predictor: Callable[[Array, int], Array],
+    schedule: Sequence[tuple[int, float]] = OFFICIAL_SCHEDULE,
+    *,
+    size: int = 1024,
+    blend: str = "official",
+    resolution: str = "adaptive",
+    base_resolution: int = BASE_RESOLUTION,
+    max_resolution: int = MAX_RESOLUTION,
+    global_sizes: Sequence[int] = GLOBAL_SIZES,
+    bilateral: tuple[int, float, float] | None = None,
+    edge_quantile: float = 0.85,
+    flat_quantile: float = 0.15,
+    num_regions: int = 4,
+    top_fraction: float = 0.05,
+    region_margin: int = 8,
+    region_iterations: int = 10,
+    refiner_fn: RefinerFn = official_refiner,
+) -> dict[str, Array]:
+    """Self-distilled edge pseudo-labels G_S (spec 6) for a batch: image (B, H, W, C) -> labels dict.
+
+    1. Global pass (as `refine_two_stage`): D_0 -> base map B (B, H, W, 1); G_0 = sobel_abs(B), optionally
+       bilateral-filtered (`bilateral=(radius, sigma_space, sigma_range)`, default off as the code).
+    2. Per step of `schedule`: all windows refined in one batched call against the previous depth (low) and
+       the predictor at the window's adaptive resolution (high); each window's depth is aligned to the low
+       input and merged into the depth map; its gradient G(D_w) (window border excluded) is aligned to the
+       previous label on the window by least squares (beta1, beta0) and merged with the feather mask.
+    Labels come at the image's resolution: pass training-resolution images (S_train x S_train).
+
+    Returns {"edge": G_S (B, H, W, 1), "mask_edge", "mask_flat": (B, H, W, 1) bool (quantiles
+    `edge_quantile` / `flat_quantile` of G_S per image), "regions": (B, num_regions, H, W) bool (paper's P_n),
+    "depth": D_S (B, H, W, 1), the refined depth of the last step}. Pure and jittable (the adaptive levels are
+    computed in-graph; `resolution="fixed"` skips the candidate predictions); vmappable over a batch.
+    """
+    steps = check_schedule(schedule)
+    size, gs = _check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, "edge_labels")
+    if bilateral is not None:
+        try:
+            bilateral = (int(bilateral[0]), float(bilateral[1]), float(bilateral[2]))
+        except (TypeError, ValueError, IndexError):
+            raise UserError(f"edge_labels: bilateral must be (radius, sigma_space, sigma_range) or None, got {bilateral!r}") from None
+    pred_dynamic, pred_static = _partition(predictor)
+    label, depth = _edge_labels_jit(
+        params, jnp.asarray(image, jnp.float32), pred_dynamic, pred_static=pred_static, steps=steps, size=size,
+        global_sizes=gs, refiner_fn=refiner_fn, blend=blend,
+        resolution_cfg=(int(base_resolution), int(max_resolution), resolution == "fixed"), bilateral=bilateral,
+    )
+    return {
+        "edge": label,
+        "mask_edge": edges.mask_edge(label, edge_quantile),
+        "mask_flat": edges.mask_flat(label, flat_quantile),
+        "regions": edges.edge_regions(
+            label, num_regions=num_regions, top_fraction=top_fraction, margin=region_margin, iterations=region_iterations
+        ),
+        "depth": depth,
+    }
+
+
+__all__ = [
+    "GLOBAL_SIZES",
+    "RESOLUTIONS",
+    "RefinerFn",
+    "minmax_normalize",
+    "official_refiner",
+    "refine_two_stage",
+    "edge_labels",
+]

@@ -1,0 +1,74 @@
+"""Names of the sddr-jax TFDS datasets -> their builder classes (spec 9.2, 9.3, 10).
+
+Builders live in the top-level folder `datasets/<name>/` (installed as `sddr_jax_datasets.<name>`) and are
+imported only when asked for, so listing them costs nothing. Used by `sddr-jax datasets` and by
+`sddr_jax.input_pipeline`.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from sddr_jax.errors import UserError
+
+# name -> (kind, one-line description); kind is "generated", "eval" or "train".
+DATASETS: dict[str, tuple[str, str]] = {
+    "sddr_synthetic": ("generated", "procedural RGB-D scenes (no download; configs tiny, s512, s1024, s2048)"),
+    "middlebury2021": ("eval", "Middlebury 2021, PFM disparity + calib.txt (configs legacy_uint8, float)"),
+    "multiscopic": ("eval", "Multiscopic test set, 8-bit disparity PNGs"),
+    "hypersim": ("eval", "Hypersim, HDF5 colour + distance, tone-mapped"),
+    "diml": ("eval", "DIML/CVL official test set (configs hr, lr)"),
+    "diode": ("eval", "DIODE validation (configs all, indoors, outdoor)"),
+    "hrwsi": ("train", "HR-WSI web stereo images"),
+    "tartanair": ("train", "TartanAir"),
+    "unrealstereo4k": ("train", "UnrealStereo4K"),
+    "mvs_synth": ("train", "MVS-Synth (EXR depth)"),
+}
+
+
+def builder_class(name: str):
+    """The builder class of dataset `name` (imports `sddr_jax_datasets.<name>`)."""
+    if name not in DATASETS:
+        raise UserError(f"dataset {name!r}: unknown; known datasets: {', '.join(DATASETS)}")
+    module = importlib.import_module(f"sddr_jax_datasets.{name}.{name}_dataset_builder")
+    return module.Builder
+
+
+def get_builder(name: str, data_dir, config: str | None = None, **kwargs):
+    """An instance of the builder of `name` writing/reading under `data_dir` (ArrayRecord files).
+
+    kwargs go to the builder (`skip_corrupt`, `predictor`, and `num_workers` for `sddr_synthetic`).
+    """
+    cls = builder_class(name)
+    configs = [c.name for c in getattr(cls, "BUILDER_CONFIGS", [])]
+    if config is not None and config not in configs:
+        raise UserError(f"dataset {name}: unknown config {config!r}; configs: {configs or 'none'}")
+    if config is None and configs:
+        config = cls.DEFAULT_CONFIG_NAME or configs[0]
+    if config is not None:
+        kwargs["config"] = config
+    return cls(data_dir=str(Path(data_dir).expanduser()), **kwargs)
+
+
+def build(name: str, data_dir, manual_dir=None, config: str | None = None, *, overwrite: bool = False,
+          **kwargs):
+    """Builds dataset `name` (once): returns the builder, with `builder.skipped` = {split: [reasons]}.
+
+    An existing build is reused unless `overwrite` (then it is deleted and rebuilt).
+    """
+    import tensorflow_datasets as tfds
+
+    builder = get_builder(name, data_dir, config, **kwargs)
+    if manual_dir is not None and not Path(manual_dir).is_dir():
+        raise UserError(f"manual_dir {manual_dir}: not a directory")
+    if builder.is_prepared() and not overwrite:
+        builder.already_built = True
+        return builder
+    builder.already_built = False
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    if overwrite:
+        mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # regenerates the records, keeps downloads
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()), download_mode=mode)
+    builder.download_and_prepare(download_config=download_config)
+    return builder

@@ -1,0 +1,175 @@
+"""Base depth predictors behind one protocol: `predict(image, size) -> depth` (spec 1, 5).
+
+A predictor maps an image batch `(B, H, W, C)` and a static int `size` to `(B, size, size, 1)`: the
+prediction for the image squarely resized to size x size. The coarse-to-fine pipelines call it on window
+crops at adaptive resolutions, so a predictor must accept any H x W.
+
+Three kinds:
+
+* `PrecomputedPredictor` - low/high maps computed elsewhere (LeReS, MiDaS, ZoeDepth files). The maps travel
+  in the image argument as two channels (see `stack_maps`), so window crops of them work like crops of RGB.
+* `SimulatedPredictor` - the noise model of the toolkit applied to ground truth (`image` = GT depth
+  `(B, H, W, 1)`), jittable, with a fixed PRNG key so repeated calls agree.
+* `ModelPredictor` - any JAX model given as `apply_fn(params, x)` with its preprocessing.
+
+The classes are `flax.struct` pytrees: arrays (params, keys) are leaves and are traced when a pipeline jits
+over them; functions and settings are static. A plain function `f(image, size)` is a valid predictor too.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sddr_jax.errors import UserError
+from sddr_jax.ops import resize_bilinear, resize_nearest
+
+Array = jax.Array
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """The predictor protocol: `predict(image (B, H, W, C), size: int) -> (B, size, size, 1)` float32."""
+
+    def __call__(self, image: Array, size: int) -> Array: ...
+
+
+def _check_image(image: Any, name: str, channels: int | None = None) -> None:
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 4 or (channels is not None and shape[-1] != channels):
+        want = "(B, H, W, C)" if channels is None else f"(B, H, W, {channels})"
+        raise UserError(f"{name}: expected image {want}, got shape {shape}")
+
+
+def _check_size(size: Any, name: str) -> int:
+    if isinstance(size, bool) or int(size) != size or int(size) < 1:
+        raise UserError(f"{name}: size must be a positive static int, got {size!r}")
+    return int(size)
+
+
+_RESIZERS = {"bilinear": resize_bilinear, "nearest": resize_nearest}
+
+
+def stack_maps(low: Array, high: Array, height: int, width: int, method: str = "bilinear") -> Array:
+    """Stack precomputed low / high maps into the (B, H, W, 2) 'image' of `PrecomputedPredictor`.
+
+    Each map `(B, h, w, 1)` (any size) is resized to height x width (R_bilinear_torch by default, or
+    'nearest'); channel 0 holds the low map, channel 1 the high map.
+    """
+    if method not in _RESIZERS:
+        raise UserError(f"stack_maps: method must be one of {sorted(_RESIZERS)}, got {method!r}")
+    for name, m in (("low", low), ("high", high)):
+        _check_image(m, f"stack_maps {name}", 1)
+    if low.shape[0] != high.shape[0]:
+        raise UserError(f"stack_maps: low and high batch sizes differ: {low.shape[0]} vs {high.shape[0]}")
+    resize = _RESIZERS[method]
+    hw = (int(height), int(width))
+    return jnp.concatenate([resize(jnp.asarray(low, jnp.float32), hw), resize(jnp.asarray(high, jnp.float32), hw)], -1)
+
+
+@flax.struct.dataclass
+class PrecomputedPredictor:
+    """Serves precomputed maps: `image` = `stack_maps(low, high, H, W)` (B, H, W, 2).
+
+    `predict(image, size)` returns the low channel for size <= `low_resolution` (the resolution the low map
+    was predicted at, 448 for the official LeReS demo), else the high channel, resized to size x size with
+    R_bilinear_torch. On a window crop this is the crop of the stored map - an approximation of running the
+    predictor on the window (the stored maps were predicted on the whole image).
+    """
+
+    low_resolution: int = flax.struct.field(pytree_node=False, default=448)
+
+    def __call__(self, image: Array, size: int) -> Array:
+        _check_image(image, "PrecomputedPredictor", 2)
+        size = _check_size(size, "PrecomputedPredictor")
+        channel = 0 if size <= self.low_resolution else 1
+        return resize_bilinear(image[..., channel : channel + 1].astype(jnp.float32), (size, size))
+
+
+@flax.struct.dataclass
+class SimulatedPredictor:
+    """The simulated predictor of the toolkit: `image` = ground-truth depth (B, H, W, 1).
+
+    Calls `sddr_jax.noise.simulated_predict(gt, size, key, **options)` with the fixed `key` (a leaf, so a
+    new key does not recompile) and the static `options` (keyword arguments of simulated_predict as a tuple
+    of (name, value) pairs; use `SimulatedPredictor.create(key, **options)`).
+    """
+
+    key: Array
+    options: tuple = flax.struct.field(pytree_node=False, default=())
+
+    @classmethod
+    def create(cls, key: Array, **options: Any) -> "SimulatedPredictor":
+        return cls(key=key, options=tuple(sorted(options.items())))
+
+    def __call__(self, image: Array, size: int) -> Array:
+        from sddr_jax import noise
+
+        _check_image(image, "SimulatedPredictor (ground-truth depth)", 1)
+        size = _check_size(size, "SimulatedPredictor")
+        out = noise.simulated_predict(image, size, self.key, **dict(self.options))
+        return jnp.asarray(out, jnp.float32).reshape(image.shape[0], size, size, 1)
+
+
+def _to_nhwc1(y: Array, batch: int, name: str) -> Array:
+    if y.ndim == 3:
+        y = y[..., None]
+    if y.ndim != 4 or y.shape[0] != batch or y.shape[-1] != 1:
+        raise UserError(f"{name}: apply_fn must return (B, h, w) or (B, h, w, 1) depth, got shape {tuple(y.shape)}")
+    return y
+
+
+@flax.struct.dataclass
+class ModelPredictor:
+    """Any JAX depth model: `apply_fn(params, x) -> depth` with x the preprocessed (B, size, size, C) image.
+
+    Preprocessing: resize to size x size (`resize`: 'bilinear' = R_bilinear_torch, or 'nearest'), then
+    (x - mean) / std per channel (`mean=None` skips it; ImageNet statistics by default), then the optional
+    static `preprocess(x)`. The output (B, h, w) or (B, h, w, 1) is resized to size x size when the model
+    returns another size, and `postprocess(y)` (e.g. disparity -> depth) is applied last.
+    """
+
+    params: Any
+    apply_fn: Callable[[Any, Array], Array] = flax.struct.field(pytree_node=False)
+    mean: tuple[float, ...] | None = flax.struct.field(pytree_node=False, default=IMAGENET_MEAN)
+    std: tuple[float, ...] | None = flax.struct.field(pytree_node=False, default=IMAGENET_STD)
+    resize: str = flax.struct.field(pytree_node=False, default="bilinear")
+    preprocess: Callable[[Array], Array] | None = flax.struct.field(pytree_node=False, default=None)
+    postprocess: Callable[[Array], Array] | None = flax.struct.field(pytree_node=False, default=None)
+
+    def __call__(self, image: Array, size: int) -> Array:
+        _check_image(image, "ModelPredictor")
+        size = _check_size(size, "ModelPredictor")
+        if self.resize not in _RESIZERS:
+            raise UserError(f"ModelPredictor: resize must be one of {sorted(_RESIZERS)}, got {self.resize!r}")
+        x = _RESIZERS[self.resize](jnp.asarray(image, jnp.float32), (size, size))
+        if self.mean is not None:
+            if len(self.mean) != x.shape[-1] or self.std is None or len(self.std) != x.shape[-1]:
+                raise UserError(
+                    f"ModelPredictor: mean/std need one value per channel ({x.shape[-1]}), got {self.mean} / {self.std}"
+                )
+            x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        y = _to_nhwc1(jnp.asarray(self.apply_fn(self.params, x), jnp.float32), image.shape[0], "ModelPredictor")
+        if y.shape[1:3] != (size, size):
+            y = resize_bilinear(y, (size, size))
+        if self.postprocess is not None:
+            y = self.postprocess(y)
+        return y
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Predictor",
+    "stack_maps",
+    "PrecomputedPredictor",
+    "SimulatedPredictor",
+    "ModelPredictor",
+]
