@@ -184,6 +184,7 @@ class Checkpointer:
         self.config = config_to_dict(config)
         self.save_every = int(save_every)
         self.best_metric = best_metric
+        self._saved: set[int] = set()  # steps saved by this process (an async save may not be listed yet)
         common = dict(enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         self._manager = ocp.CheckpointManager(
             self.workdir / "checkpoints",
@@ -210,8 +211,9 @@ class Checkpointer:
         """Saves host `state` (a dict of numpy pytrees) at `step`; returns whether a save started."""
         if not force and step % self.save_every:
             return False
-        if step in self._manager.all_steps():
+        if step in self._saved or step in self._manager.all_steps():
             return False
+        self._saved.add(step)
         return self._manager.save(step, args=self._args(state, teacher, data_iterator), force=True)
 
     def maybe_save(self, step: int, state_fn, *, teacher: Any = None, data_iterator: Any = None) -> bool:

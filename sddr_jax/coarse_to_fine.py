@@ -22,7 +22,7 @@ import numpy as np
 
 from sddr_jax import edges
 from sddr_jax.errors import UserError
-from sddr_jax.ops import resize_bilinear, resize_nearest
+from sddr_jax.ops import resize_bilinear
 from sddr_jax.windows import (
     BASE_RESOLUTION,
     BLENDS,
@@ -45,7 +45,8 @@ from sddr_jax.windows import (
 Array = jax.Array
 RefinerFn = Callable[[Any, Array, Array], Array]
 
-GLOBAL_SIZES = (448, 1024)  # official global pass: predictor at 448^2 (low) and 1024^2 (high), spec 5.2 step 2
+# Official global pass (spec 5.2 step 2): predictor at 448^2 (low) and 1024^2 (high).
+GLOBAL_SIZES = (448, 1024)
 RESOLUTIONS = ("adaptive", "fixed")
 
 
@@ -53,26 +54,23 @@ RESOLUTIONS = ("adaptive", "fixed")
 # the refiner call
 
 
-def minmax_normalize(x: Array) -> Array:
-    """Min-max normalise each sample of (B, H, W, C) to [0, 1] (the official `inference` step).
-
-    A constant sample (max == min, where the official code divides by zero) maps to zeros.
-    """
+def _minmax(x: Array) -> Array:
+    """Min-max normalise each sample of (B, H, W, C) to [0, 1]; a constant sample maps to zeros."""
     lo = jnp.min(x, axis=(-3, -2, -1), keepdims=True)
     rng = jnp.max(x, axis=(-3, -2, -1), keepdims=True) - lo
-    return jnp.where(rng > 0, (x - lo) / jnp.where(rng > 0, rng, 1.0), 0.0)
+    return (x - lo) / jnp.where(rng > 0, rng, 1.0)
 
 
 def official_refiner(params: Any, low: Array, high: Array) -> Array:
-    """The default refiner function: min-max normalise each input, apply `Refiner()` (MiT-b0), return refined.
+    """The default refiner function: `sddr_jax.refine.refiner_inference` (min-max each input, `Refiner()`).
 
     Any function `refiner_fn(params, low, high) -> (N, S, S, 1)` with the same meaning can replace it
     (another backbone, bf16, a stand-in in tests). It must be hashable (a module-level function, or a
     partial kept alive) because it is a static argument of the jitted pipelines.
     """
-    from sddr_jax.models import Refiner
+    from sddr_jax.refine import refiner_inference, unwrap_params  # lazy: refine re-exports this module
 
-    return Refiner().apply({"params": params}, minmax_normalize(low), minmax_normalize(high), train=False).refined
+    return refiner_inference(unwrap_params(params), low, high).refined
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -101,7 +99,9 @@ class _Static:
 
 def _partition(predictor: Any) -> tuple[list, _Static]:
     if not callable(predictor):
-        raise UserError(f"predictor: expected a callable predict(image, size) -> depth, got {type(predictor).__name__}")
+        raise UserError(
+            f"predictor: expected a callable predict(image, size) -> depth, got {type(predictor).__name__}"
+        )
     leaves, treedef = jax.tree_util.tree_flatten(predictor)
     dynamic = [v if _is_array(v) else None for v in leaves]
     static = tuple(None if _is_array(v) else v for v in leaves)
@@ -133,16 +133,19 @@ def _predict(predictor: Callable, image: Array, res: int, size: int) -> Array:
     out = predictor(image, int(res))
     expect = (image.shape[0], res, res, 1)
     if tuple(out.shape) != expect:
-        raise UserError(f"predictor: predict(image {tuple(image.shape)}, {res}) must return {expect}, got {tuple(out.shape)}")
+        raise UserError(
+            f"predictor: predict(image {tuple(image.shape)}, {res}) must return {expect}, "
+            f"got {tuple(out.shape)}"
+        )
     return resize_bilinear(out.astype(jnp.float32), (size, size))
 
 
 def _global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
-    """Spec 5.2 step 2: refine the whole image at size^2; min-max; R_nearest_torch to H x W -> base map B."""
+    """Spec 5.2 step 2: refine the whole image at size^2; min-max; OpenCV nearest to H x W -> base map B."""
     low = _predict(predictor, image, global_sizes[0], size)
     high = _predict(predictor, image, global_sizes[1], size)
     d0 = refiner_fn(params, low, high)
-    return resize_nearest(minmax_normalize(d0.astype(jnp.float32)), image.shape[1:3])
+    return resize_cv(_minmax(d0.astype(jnp.float32)), image.shape[1:3], "nearest")
 
 
 def _shape_groups(windows: Sequence[Window]) -> dict[tuple[int, int], list[int]]:
@@ -164,7 +167,7 @@ def _highs_planned(image, predictor, windows, plan, size) -> Array:
             groups.setdefault((w.height, w.width, int(plan[b][n])), []).append((b, n))
     outs, order = [], []
     for (_, _, res), members in groups.items():
-        crops = jnp.stack([image[b, windows[n].y0 : windows[n].y1, windows[n].x0 : windows[n].x1, :] for b, n in members])
+        crops = jnp.stack([_crop(image[b : b + 1], windows[n])[0] for b, n in members])
         outs.append(_predict(predictor, crops, res, size))
         order.extend(b * n_win + n for b, n in members)
     highs = jnp.concatenate(outs, axis=0)
@@ -197,13 +200,13 @@ def _highs_selected(image, predictor, windows, index, candidates, size) -> Array
 def _refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg):
     """One coarse-to-fine step up to the merge: -> list of aligned window patches (B, h_n, w_n, 1).
 
-    low input = B restricted to the window, R_nearest_torch to S; high input = predictor on the image window
-    (resolution by the plan or the in-graph rule), R_bilinear_torch to S; ONE refiner call on all B x N
-    windows; least-squares scale/shift of each refined window to its low input; R_cv_cubic back to the
-    window size (spec 5.2 d).
+    low input = B restricted to the window, OpenCV nearest to S (the code's rule; equal to R_nearest_torch
+    for S = 2^k); high input = predictor on the image window (resolution by the plan or the in-graph rule),
+    R_bilinear_torch to S; ONE refiner call on all B x N windows; least-squares scale/shift of each refined
+    window to its low input; R_cv_cubic back to the window size (spec 5.2 d).
     """
     b_size, n_win = base.shape[0], len(windows)
-    lows = jnp.stack([resize_nearest(_crop(base, w), (size, size)) for w in windows], axis=1)
+    lows = jnp.stack([resize_cv(_crop(base, w), (size, size), "nearest") for w in windows], axis=1)
     if plan is not None:
         highs = _highs_planned(image, predictor, windows, plan, size)
     else:
@@ -215,7 +218,8 @@ def _refine_windows(params, image, base, predictor, windows, size, refiner_fn, p
             index = resolution_factors(base, windows)
         highs = _highs_selected(image, predictor, windows, index, cands, size)
     flat = (b_size * n_win, size, size, 1)
-    refined = refiner_fn(params, lows.reshape(flat), highs.reshape(flat)).astype(jnp.float32).reshape(lows.shape)
+    refined = refiner_fn(params, lows.reshape(flat), highs.reshape(flat))
+    refined = refined.astype(jnp.float32).reshape(lows.shape)
     scale, shift = align_scale_shift(refined, lows)
     aligned = apply_scale_shift(refined, scale, shift)
     patches = [None] * n_win
@@ -273,10 +277,12 @@ def _two_stage_step_jit(
     jax.jit,
     static_argnames=(
         "pred_static", "steps", "size", "global_sizes", "refiner_fn", "blend", "resolution_cfg", "bilateral",
+        "mask_cfg",
     ),
 )
 def _edge_labels_jit(
-    params, image, pred_dynamic, *, pred_static, steps, size, global_sizes, refiner_fn, blend, resolution_cfg, bilateral
+    params, image, pred_dynamic, *, pred_static, steps, size, global_sizes, refiner_fn, blend, resolution_cfg,
+    bilateral, mask_cfg,
 ):
     predictor = _combine(pred_dynamic, pred_static)
     height, width = image.shape[1:3]
@@ -286,12 +292,27 @@ def _edge_labels_jit(
         label = bilateral_filter(label, *bilateral)
     for pieces, cover in steps:
         windows = window_grid(height, width, pieces, cover)
-        patches = _refine_windows(params, image, base, predictor, windows, size, refiner_fn, None, resolution_cfg)
+        patches = _refine_windows(
+            params, image, base, predictor, windows, size, refiner_fn, None, resolution_cfg
+        )
         grads = _gradient_patches(patches, windows, label)
         masks = [feather_mask(*w.shape) * _interior(w.shape) for w in windows]
         label = blend_windows(label, grads, windows, masks=masks, mode=blend)
         base = blend_windows(base, patches, windows, mode=blend)
-    return label, base
+    if mask_cfg is None:
+        return {"edge": label, "depth": base}
+    edge_q, flat_q, num_regions, top_fraction, margin, iterations = mask_cfg
+    if num_regions > 0:
+        regions = edges.edge_regions(label, num_regions, top_fraction, margin, iterations)
+    else:
+        regions = jnp.zeros((label.shape[0], 0) + label.shape[1:3], bool)
+    return {
+        "edge": label,
+        "mask_edge": edges.mask_edge(label, edge_q),
+        "mask_flat": edges.mask_flat(label, flat_q),
+        "regions": regions,
+        "depth": base,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,7 +321,8 @@ def _edge_labels_jit(
 
 def _check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, name):
     if getattr(image, "ndim", None) != 4:
-        raise UserError(f"{name}: expected an image batch (B, H, W, C), got shape {tuple(getattr(image, 'shape', ()))}")
+        shape = tuple(getattr(image, "shape", ()))
+        raise UserError(f"{name}: expected an image batch (B, H, W, C), got shape {shape}")
     size = int(size)
     if size < 1:
         raise UserError(f"{name}: size must be a positive int, got {size}")
@@ -314,8 +336,11 @@ def _check_common(image, size, blend, resolution, global_sizes, base_resolution,
         raise UserError(f"{name}: global_sizes must be two ints (low, high), got {global_sizes!r}") from None
     if len(gs) != 2 or min(gs) < 1:
         raise UserError(f"{name}: global_sizes must be two positive ints (low, high), got {global_sizes!r}")
-    if int(base_resolution) < 1 or int(max_resolution) < 32:
-        raise UserError(f"{name}: need base_resolution >= 1 and max_resolution >= 32, got {base_resolution}, {max_resolution}")
+    if int(base_resolution) < 0 or int(max_resolution) < 32:
+        raise UserError(
+            f"{name}: need base_resolution >= 0 and max_resolution >= 32, "
+            f"got {base_resolution}, {max_resolution}"
+        )
     return size, gs
 
 
@@ -351,16 +376,22 @@ def refine_two_stage(
     Returns the working map U of the last step (values on the [0, 1] scale of the global pass).
     """
     steps = check_schedule(schedule)
-    size, gs = _check_common(rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage")
+    size, gs = _check_common(
+        rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage"
+    )
     pred_dynamic, pred_static = _partition(predictor)
     traced = isinstance(rgb, jax.core.Tracer)
     if plan_on_host is None:
         plan_on_host = not traced
     if plan_on_host and traced:
-        raise UserError("refine_two_stage: plan_on_host=True needs concrete arrays (it cannot run under jit/vmap)")
+        raise UserError(
+            "refine_two_stage: plan_on_host=True needs concrete arrays (it cannot run under jit/vmap)"
+        )
     height, width = int(rgb.shape[1]), int(rgb.shape[2])
     rgb = jnp.asarray(rgb, jnp.float32)
-    base = _global_pass_jit(params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn)
+    base = _global_pass_jit(
+        params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn
+    )
     cfg = (int(base_resolution), int(max_resolution), resolution == "fixed")
     for pieces, cover in steps:
         windows = window_grid(height, width, pieces, cover)
@@ -371,8 +402,8 @@ def refine_two_stage(
                 levels = np.ones((rgb.shape[0], len(windows)), np.int32)
             else:
                 base_np = np.asarray(base)
-                levels = np.stack([resolution_factors_host(base_np[b, ..., 0], windows) for b in range(base_np.shape[0])])
-            plan = tuple(tuple(cands[n][int(levels[b, n])] for n in range(len(windows))) for b in range(levels.shape[0]))
+                levels = np.stack([resolution_factors_host(m[..., 0], windows) for m in base_np])
+            plan = tuple(tuple(cands[n][int(lv)] for n, lv in enumerate(row)) for row in levels)
         base = _two_stage_step_jit(
             params, rgb, base, pred_dynamic, pred_static=pred_static, windows=windows, size=size,
             refiner_fn=refiner_fn, blend=blend, plan=plan, resolution_cfg=cfg,
@@ -399,6 +430,7 @@ def edge_labels(
     top_fraction: float = 0.05,
     region_margin: int = 8,
     region_iterations: int = 10,
+    masks: bool = True,
     refiner_fn: RefinerFn = official_refiner,
 ) -> dict[str, Array]:
     """Self-distilled edge pseudo-labels G_S (spec 6) for a batch: image (B, H, W, C) -> labels dict.
@@ -413,38 +445,43 @@ def edge_labels(
 
     Returns {"edge": G_S (B, H, W, 1), "mask_edge", "mask_flat": (B, H, W, 1) bool (quantiles
     `edge_quantile` / `flat_quantile` of G_S per image), "regions": (B, num_regions, H, W) bool (paper's P_n),
-    "depth": D_S (B, H, W, 1), the refined depth of the last step}. Pure and jittable (the adaptive levels are
-    computed in-graph; `resolution="fixed"` skips the candidate predictions); vmappable over a batch.
+    "depth": D_S (B, H, W, 1), the refined depth of the last step}. `num_regions=0` gives an empty
+    (B, 0, H, W) "regions"; `masks=False` returns only "edge" and "depth" (for callers that build their own
+    masks). Pure and jittable (the adaptive levels are computed in-graph; `resolution="fixed"` skips the
+    candidate predictions); vmappable over a batch.
     """
     steps = check_schedule(schedule)
-    size, gs = _check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, "edge_labels")
+    size, gs = _check_common(
+        image, size, blend, resolution, global_sizes, base_resolution, max_resolution, "edge_labels"
+    )
     if bilateral is not None:
         try:
             bilateral = (int(bilateral[0]), float(bilateral[1]), float(bilateral[2]))
         except (TypeError, ValueError, IndexError):
-            raise UserError(f"edge_labels: bilateral must be (radius, sigma_space, sigma_range) or None, got {bilateral!r}") from None
+            raise UserError(
+                "edge_labels: bilateral must be (radius, sigma_space, sigma_range) or None, "
+                f"got {bilateral!r}"
+            ) from None
     pred_dynamic, pred_static = _partition(predictor)
-    label, depth = _edge_labels_jit(
-        params, jnp.asarray(image, jnp.float32), pred_dynamic, pred_static=pred_static, steps=steps, size=size,
-        global_sizes=gs, refiner_fn=refiner_fn, blend=blend,
-        resolution_cfg=(int(base_resolution), int(max_resolution), resolution == "fixed"), bilateral=bilateral,
+    if int(num_regions) < 0:
+        raise UserError(f"edge_labels: num_regions must be >= 0, got {num_regions}")
+    mask_cfg = None
+    if masks:
+        mask_cfg = (float(edge_quantile), float(flat_quantile), int(num_regions), float(top_fraction),
+                    int(region_margin), int(region_iterations))
+    return _edge_labels_jit(
+        params, jnp.asarray(image, jnp.float32), pred_dynamic, pred_static=pred_static, steps=steps,
+        size=size, global_sizes=gs, refiner_fn=refiner_fn, blend=blend,
+        resolution_cfg=(int(base_resolution), int(max_resolution), resolution == "fixed"),
+        bilateral=bilateral,
+        mask_cfg=mask_cfg,
     )
-    return {
-        "edge": label,
-        "mask_edge": edges.mask_edge(label, edge_quantile),
-        "mask_flat": edges.mask_flat(label, flat_quantile),
-        "regions": edges.edge_regions(
-            label, num_regions=num_regions, top_fraction=top_fraction, margin=region_margin, iterations=region_iterations
-        ),
-        "depth": depth,
-    }
 
 
 __all__ = [
     "GLOBAL_SIZES",
     "RESOLUTIONS",
     "RefinerFn",
-    "minmax_normalize",
     "official_refiner",
     "refine_two_stage",
     "edge_labels",

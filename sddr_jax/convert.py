@@ -62,7 +62,9 @@ def _pointwise_out(w):
 TRANSFORMS = {
     # kind: (torch -> flax, flax -> torch, flax shape -> torch shape)
     "conv": (_conv_in, _conv_out, lambda s: (s[3], s[2], s[0], s[1])),
-    "dense": (lambda w: np.ascontiguousarray(w.T), lambda w: np.ascontiguousarray(w.T), lambda s: (s[1], s[0])),
+    "dense": (
+        lambda w: np.ascontiguousarray(w.T), lambda w: np.ascontiguousarray(w.T), lambda s: (s[1], s[0])
+    ),
     "vector": (lambda w: w, lambda w: w, lambda s: tuple(s)),
     "scale": (lambda w: w.reshape(-1), lambda w: w.reshape(-1, 1, 1, 1), lambda s: (s[0], 1, 1, 1)),
     "pointwise": (_pointwise_in, _pointwise_out, lambda s: (s[1], s[0], 1, 1)),
@@ -126,7 +128,9 @@ def _head_entries():
         yield from _pairs(f"{torch_name}.2", ("decoder", flax_name, "conv"), "conv")
 
 
-def mit_entries(config: MiTConfig, torch_prefix: str = "backbone.", flax_prefix: tuple[str, ...] = ("backbone",)):
+def mit_entries(
+    config: MiTConfig, torch_prefix: str = "backbone.", flax_prefix: tuple[str, ...] = ("backbone",)
+):
     """(torch key, flax path, kind) of a SegFormer MiT backbone in its state-dict order."""
     p = flax_prefix
     for s in range(1, 5):
@@ -244,7 +248,9 @@ def official_to_flax(state_dict: Mapping[str, Any]) -> Params:
     alias whose copy is not bit-identical to its canonical key. Arrays are returned as float32 numpy.
     """
     if not isinstance(state_dict, Mapping):
-        raise UserError(f"official_to_flax: expected a mapping of key -> array, got {type(state_dict).__name__}")
+        raise UserError(
+            f"official_to_flax: expected a mapping of key -> array, got {type(state_dict).__name__}"
+        )
     entries = official_key_map("b0")
     shapes = _flax_shapes("b0")
     expected = {key for key, _, _ in entries}
@@ -358,7 +364,9 @@ def load_mit_imagenet(path: str | os.PathLike, params: Mapping, backbone: str = 
         try:
             want_flax = np.shape(_get(new, path))
         except KeyError:
-            raise UserError(f"load_mit_imagenet: params have no {'/'.join(path)}; is it a Refiner tree?") from None
+            raise UserError(
+                f"load_mit_imagenet: params have no {'/'.join(path)}; is it a Refiner tree?"
+            ) from None
         if tuple(a.shape) != tuple(TRANSFORMS[kind][2](want_flax)):
             problems.append(f"{key}: shape {tuple(a.shape)}, expected {TRANSFORMS[kind][2](want_flax)}")
             continue
@@ -416,7 +424,9 @@ def load_params(path: str | os.PathLike) -> Params:
     """Load refiner params from an official `.pt`/`.pth` file or from an Orbax directory of `save_params`."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint (expected an official .pt file or a converted directory)")
+        raise FileNotFoundError(
+            f"{p}: no such checkpoint (expected an official .pt file or a converted directory)"
+        )
     if p.is_dir():
         import orbax.checkpoint as ocp
 
@@ -441,7 +451,8 @@ def _check_tree(params: Mapping, where: str) -> None:
     bad = sorted(f"{'/'.join(k)} {got[k]} != {shapes[k]}" for k in shapes if k in got and got[k] != shapes[k])
     if missing or unexpected or bad:
         raise UserError(
-            f"{where}: params do not match the b0 Refiner: missing {missing[:10]}, unexpected {unexpected[:10]}, "
+            f"{where}: params do not match the b0 Refiner: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}, "
             f"bad shapes {bad[:10]}"
         )
 

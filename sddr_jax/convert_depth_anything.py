@@ -253,6 +253,7 @@ def convert_original_state_dict(
         arr = transform(np.asarray(value, np.float32))
         if tuple(arr.shape) != expected[path]:
             shape_errors.append(f"{key}: got {tuple(np.shape(value))} -> {tuple(arr.shape)}, expected {expected[path]} at {'/'.join(path)}")
+            flat[path] = None  # present, reported as a shape error rather than as missing
             continue
         flat[path] = np.ascontiguousarray(arr)
     missing = ["/".join(p) for p in expected if p not in flat]

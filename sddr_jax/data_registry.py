@@ -14,7 +14,7 @@ from sddr_jax.errors import UserError
 # name -> (kind, one-line description); kind is "generated", "eval" or "train".
 DATASETS: dict[str, tuple[str, str]] = {
     "sddr_synthetic": ("generated", "procedural RGB-D scenes (no download; configs tiny, s512, s1024, s2048)"),
-    "middlebury2021": ("eval", "Middlebury 2021, PFM disparity + calib.txt (configs legacy_uint8, float)"),
+    "middlebury2021": ("eval", "Middlebury 2021, PFM disparity + calib.txt (configs float, legacy_uint8)"),
     "multiscopic": ("eval", "Multiscopic test set, 8-bit disparity PNGs"),
     "hypersim": ("eval", "Hypersim, HDF5 colour + distance, tone-mapped"),
     "diml": ("eval", "DIML/CVL official test set (configs hr, lr)"),
@@ -59,8 +59,14 @@ def build(name: str, data_dir, manual_dir=None, config: str | None = None, *, ov
     import tensorflow_datasets as tfds
 
     builder = get_builder(name, data_dir, config, **kwargs)
-    if manual_dir is not None and not Path(manual_dir).is_dir():
-        raise UserError(f"manual_dir {manual_dir}: not a directory")
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions:
+        manual = Path(manual_dir).expanduser() if manual_dir is not None else (
+            Path(data_dir).expanduser() / "downloads" / "manual")
+        if not manual.is_dir():
+            raise UserError(f"manual_dir {manual}: not a directory. {name} expects: {instructions}")
+        if not any(manual.iterdir()):
+            raise UserError(f"manual_dir {manual}: empty. {name} expects: {instructions}")
     if builder.is_prepared() and not overwrite:
         builder.already_built = True
         return builder

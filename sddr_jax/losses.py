@@ -20,7 +20,8 @@ Empty masks give zero losses (never NaN); NaN/inf in ground truth are excluded t
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +124,7 @@ def robust_normalize(x, mask, median_includes_masked_zeros: bool = True) -> Arra
     return restore(_robust_normalize(xm.astype(jnp.float32), mm.astype(bool), median_includes_masked_zeros))
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _robust_normalize(x: Array, m: Array, median_includes_masked_zeros: bool) -> Array:
     b = x.shape[0]
     mf = m.astype(jnp.float32)
@@ -142,6 +144,7 @@ def _robust_normalize(x: Array, m: Array, median_includes_masked_zeros: bool) ->
     return xc / s[:, None, None]
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def _data_term(xh: Array, yh: Array, m: Array, trim_fraction: float) -> Array:
     res = jnp.where(m, jnp.abs(xh - yh), 0.0)
     total = jnp.sum(m.astype(jnp.float32))
@@ -167,6 +170,7 @@ def data_term(xh, yh, mask, trim_fraction: float = 0.0) -> Array:
     return _data_term(x, y, m, float(trim_fraction))
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def _gradient_matching(xh: Array, yh: Array, m: Array, scales: int) -> Array:
     total = 0.0
     for k in range(scales):
@@ -187,6 +191,7 @@ def gradient_matching(xh, yh, mask, scales: int = 4) -> Array:
     return _gradient_matching(x, y, m, int(scales))
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def _ssi(p: Array, t: Array, m: Array, alpha: float, trim_fraction: float, median_zeros: bool,
          scales: int) -> Array:
     xh = jnp.where(m, _robust_normalize(p, m, median_zeros), 0.0)
@@ -225,6 +230,7 @@ def _valid_xcorr3(x: Array, k) -> Array:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("sigma", "alpha", "mask_value", "legacy_anchor_column_bug"))
 def ranking_loss_single(pred: Array, target: Array, image: Array, key, sigma: float = 0.03, alpha: float = 1.0,
                         mask_value: float = 0.1, legacy_anchor_column_bug: bool = False) -> Array:
     """Edge-guided ranking loss of one image: pred, target, image (H, W) (image = the guide's first channel).
@@ -297,10 +303,17 @@ def ranking_loss(pred, target, image, key, sigma: float = 0.03, alpha: float = 1
     if not (p.shape == t.shape == img.shape):
         raise UserError(f"ranking_loss: pred, target and image must share (B, H, W), got {tuple(p.shape)}, "
                         f"{tuple(t.shape)} and {tuple(img.shape)}")
+    return _ranking_batch(p, t, img, key, float(sigma), float(alpha), float(mask_value),
+                          bool(legacy_anchor_column_bug))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _ranking_batch(p, t, img, key, sigma, alpha, mask_value, legacy):
     t = jnp.where(jnp.isfinite(t), t, 0.0)
     keys = jax.random.split(key, p.shape[0])
-    per = jax.vmap(lambda a, b, c, k: ranking_loss_single(a, b, c, k, sigma, alpha, mask_value,
-                                                          legacy_anchor_column_bug))(p, t, img, keys)
+    per = jax.vmap(lambda a, b, c, k: ranking_loss_single(a, b, c, k, sigma=sigma, alpha=alpha,
+                                                          mask_value=mask_value,
+                                                          legacy_anchor_column_bug=legacy))(p, t, img, keys)
     return jnp.mean(per)
 
 
@@ -346,6 +359,7 @@ def gt_loss(outputs, batch, c: Mapping, side_outputs: bool = True) -> Array:
     return total
 
 
+@functools.partial(jax.jit, static_argnames=("q_low", "q_high"))
 def soft_mask_loss(mask, edge_mask, flat_mask, q_low: float = 0.15, q_high: float = 0.85) -> Array:
     """Official soft-mask term E_m + F_m for one mask m (B, h, w, 1) (spec 8.2, item 2).
 
@@ -393,6 +407,11 @@ def region_gradient_loss(g0, gs, regions, beta_stop_gradient: bool = False) -> A
     if r.ndim != 4 or r.shape[0] != x.shape[0] or r.shape[2:] != x.shape[1:]:
         raise UserError(f"L_grad regions: expected (B, N_g, H, W) = ({x.shape[0]}, N_g, {x.shape[1]}, "
                         f"{x.shape[2]}), got {tuple(r.shape)}")
+    return _region_gradient(x, y, r, bool(beta_stop_gradient))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _region_gradient(x: Array, y: Array, r: Array, beta_stop_gradient: bool) -> Array:
     r = r & jnp.isfinite(y)[:, None]
     y = jnp.where(jnp.isfinite(y), y, 0.0)
     xs, ys = x[:, None], y[:, None]
@@ -405,6 +424,7 @@ def region_gradient_loss(g0, gs, regions, beta_stop_gradient: bool = False) -> A
     return jnp.mean(jnp.mean(per, axis=-1))
 
 
+@functools.partial(jax.jit, static_argnames=("a", "n_w"))
 def fusion_loss(mask, gs, a: float = 0.02, n_w: int = 4) -> Array:
     """Paper's L_fusion for one soft mask m (B, h, w, 1) with G_S already at m's size (spec 8.3).
 
@@ -430,6 +450,26 @@ def fusion_loss(mask, gs, a: float = 0.02, n_w: int = 4) -> Array:
 
 def _batch_key(batch, seed: int):
     return batch["rng"] if "rng" in batch else jax.random.key(seed)
+
+
+class _Outs(NamedTuple):
+    refined: Array
+    out_half: Array
+    out_quart: Array
+    mask_quart: Array
+    mask_half: Array
+
+
+def _composite_args(outputs, batch, labels, keys_batch, keys_labels):
+    """Duck-typed outputs -> a pytree; only the needed batch / label entries (so the inner jit sees arrays)."""
+    o = _Outs(*(jnp.asarray(getattr(outputs, k)) for k in _Outs._fields))
+    b = {k: batch[k] for k in keys_batch if k in batch}
+    lab = None if labels is None else {k: labels[k] for k in keys_labels if k in labels}
+    return o, b, lab
+
+
+def _freeze(c: Mapping) -> tuple:
+    return tuple(sorted(c.items()))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,12 +502,22 @@ def official_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
     """
     c = _cfg(config, "official")
     _check_batch(outputs, batch)
+    if labels is not None:
+        _check_labels(labels, outputs.refined.shape)
+        if c["w_rank"] != 0.0 and "rgb" not in batch:
+            raise UserError("official loss with w_rank != 0: batch needs 'rgb' for the ranking loss")
+    args = _composite_args(outputs, batch, labels, ("depth", "valid", "rgb", "rng"),
+                           ("edge", "mask_edge", "mask_flat"))
+    return _official_impl(*args, _freeze(c))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _official_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
+    c = dict(frozen)
     l_gt = gt_loss(outputs, batch, c, side_outputs=True)
     zero = jnp.zeros((), jnp.float32)
     if labels is None:
         return l_gt, {"l_gt": l_gt, "l_mask": zero, "l_local": zero, "l_rank": zero, "total": l_gt}
-    shape = outputs.refined.shape
-    _check_labels(labels, shape)
     me = labels["mask_edge"].astype(bool)
     mf = labels["mask_flat"].astype(bool)
     l_mask = zero
@@ -478,12 +528,12 @@ def official_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
     p, t, mm = _prepare(edges.sobel_abs(outputs.refined), labels["edge"], me, "L_local")
     l_local = _ssi(p, t, mm, 0.0, c["trim_fraction"], c["median_includes_masked_zeros"], c["grad_scales"])
     if c["w_rank"] != 0.0:
-        if "rgb" not in batch:
-            raise UserError("official loss with w_rank != 0: batch needs 'rgb' for the ranking loss")
         depth = batch["depth"].astype(jnp.float32)
         target = jnp.where(batch["valid"].astype(bool) & jnp.isfinite(depth), depth, 0.0)
-        l_rank = ranking_loss(outputs.refined, target, batch["rgb"], _batch_key(batch, c["rank_seed"]),
-                              c["rank_sigma"], c["rank_alpha"], c["rank_mask_value"], c["legacy_anchor_column_bug"])
+        img = batch["rgb"][..., 0]
+        l_rank = _ranking_batch(outputs.refined[..., 0].astype(jnp.float32), target[..., 0], img,
+                                _batch_key(batch, c["rank_seed"]), float(c["rank_sigma"]), float(c["rank_alpha"]),
+                                float(c["rank_mask_value"]), bool(c["legacy_anchor_column_bug"]))
     else:
         l_rank = zero
     if c["square_grad_weight"]:
@@ -520,12 +570,25 @@ def paper_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
     """
     c = _cfg(config, "paper")
     _check_batch(outputs, batch)
+    if labels is not None:
+        _check_labels(labels, outputs.refined.shape, need=("edge",))
+        if "regions" in labels:
+            r = labels["regions"]
+            b, s = outputs.refined.shape[0], outputs.refined.shape[1:3]
+            if r.ndim != 4 or r.shape[0] != b or tuple(r.shape[2:]) != tuple(s):
+                raise UserError(f"loss labels['regions']: expected (B, N_g, S, S) = ({b}, N_g, {s[0]}, {s[1]}), "
+                                f"got {tuple(r.shape)}")
+    args = _composite_args(outputs, batch, labels, ("depth", "valid"), ("edge", "regions"))
+    return _paper_impl(*args, _freeze(c))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _paper_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
+    c = dict(frozen)
     l_gt = gt_loss(outputs, batch, c, side_outputs=bool(c["include_side_outputs"]))
     zero = jnp.zeros((), jnp.float32)
     if labels is None:
         return l_gt, {"l_gt": l_gt, "l_grad": zero, "l_fusion": zero, "total": l_gt}
-    shape = outputs.refined.shape
-    _check_labels(labels, shape, need=("edge",))
     gs = labels["edge"].astype(jnp.float32)
     if "regions" in labels:
         regions = labels["regions"]

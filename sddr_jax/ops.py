@@ -89,7 +89,9 @@ class ConvReplicate(nn.Module):
         if k % 2 != 1:
             raise ValueError(f"ConvReplicate: kernel_size must be odd, got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return conv_replicate(x, kernel, bias)
 

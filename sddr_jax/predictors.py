@@ -69,7 +69,8 @@ def stack_maps(low: Array, high: Array, height: int, width: int, method: str = "
         raise UserError(f"stack_maps: low and high batch sizes differ: {low.shape[0]} vs {high.shape[0]}")
     resize = _RESIZERS[method]
     hw = (int(height), int(width))
-    return jnp.concatenate([resize(jnp.asarray(low, jnp.float32), hw), resize(jnp.asarray(high, jnp.float32), hw)], -1)
+    maps = [resize(jnp.asarray(m, jnp.float32), hw) for m in (low, high)]
+    return jnp.concatenate(maps, axis=-1)
 
 
 @flax.struct.dataclass
@@ -120,7 +121,9 @@ def _to_nhwc1(y: Array, batch: int, name: str) -> Array:
     if y.ndim == 3:
         y = y[..., None]
     if y.ndim != 4 or y.shape[0] != batch or y.shape[-1] != 1:
-        raise UserError(f"{name}: apply_fn must return (B, h, w) or (B, h, w, 1) depth, got shape {tuple(y.shape)}")
+        raise UserError(
+            f"{name}: apply_fn must return (B, h, w) or (B, h, w, 1) depth, got shape {tuple(y.shape)}"
+        )
     return y
 
 
@@ -151,12 +154,14 @@ class ModelPredictor:
         if self.mean is not None:
             if len(self.mean) != x.shape[-1] or self.std is None or len(self.std) != x.shape[-1]:
                 raise UserError(
-                    f"ModelPredictor: mean/std need one value per channel ({x.shape[-1]}), got {self.mean} / {self.std}"
+                    f"ModelPredictor: mean/std need one value per channel ({x.shape[-1]}), "
+                    f"got {self.mean} / {self.std}"
                 )
             x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
         if self.preprocess is not None:
             x = self.preprocess(x)
-        y = _to_nhwc1(jnp.asarray(self.apply_fn(self.params, x), jnp.float32), image.shape[0], "ModelPredictor")
+        y = jnp.asarray(self.apply_fn(self.params, x), jnp.float32)
+        y = _to_nhwc1(y, image.shape[0], "ModelPredictor")
         if y.shape[1:3] != (size, size):
             y = resize_bilinear(y, (size, size))
         if self.postprocess is not None:

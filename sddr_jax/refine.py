@@ -36,7 +36,9 @@ def check_size(size: Any, name: str = "size") -> int:
         raise UserError(f"{name} must be an integer multiple of {SIZE_MULTIPLE}, got {size!r}")
     size = int(size)
     if size <= 0 or size % SIZE_MULTIPLE:
-        raise UserError(f"{name} must be a positive multiple of {SIZE_MULTIPLE} (e.g. 1024 or 2048), got {size}")
+        raise UserError(
+            f"{name} must be a positive multiple of {SIZE_MULTIPLE} (e.g. 1024 or 2048), got {size}"
+        )
     return size
 
 
@@ -116,6 +118,7 @@ def refine_one_stage(
     *,
     out_hw: tuple[int, int] | None = None,
     dtype: Any = None,
+    batch_size: int = 1,
 ) -> np.ndarray:
     """Refine a low/high pair the way the official demo does (spec 5.1); returns the float refined map.
 
@@ -123,13 +126,17 @@ def refine_one_stage(
     size: working size S, a multiple of 128 (2048 in the official demo).
     out_hw: output (H, W); default: the size of `high` (pass the RGB image's size to match the demo).
     dtype: compute dtype of the refiner (None = float32; jnp.bfloat16 for speed).
+    batch_size: maps per refiner call. The last chunk is padded to `batch_size`, so any number of maps
+    costs one compilation; 1 (the default) also bounds memory at S = 2048.
     Returns float32 with the rank of `high`: (H', W'), (H', W', 1) or (B, H', W', 1); not quantised.
     """
     size = check_size(size)
     low_b, _ = _as_batch(low, "low")
     high_b, rank = _as_batch(high, "high")
     if low_b.shape[0] != high_b.shape[0]:
-        raise UserError(f"low and high must hold the same number of maps, got {low_b.shape[0]} and {high_b.shape[0]}")
+        raise UserError(
+            f"low and high must hold the same number of maps, got {low_b.shape[0]} and {high_b.shape[0]}"
+        )
     if out_hw is None:
         out_hw = tuple(high_b.shape[1:3])
     else:
@@ -139,11 +146,20 @@ def refine_one_stage(
             raise UserError(f"out_hw must be (height, width), got {out_hw!r}") from None
         if min(out_hw) < 1:
             raise UserError(f"out_hw must be positive, got {out_hw}")
-    low_s = resize_nearest_host(low_b, (size, size))
-    high_s = resize_nearest_host(high_b, (size, size))
-    out = refiner_inference(unwrap_params(params), jnp.asarray(low_s), jnp.asarray(high_s), dtype=dtype)
-    refined = np.asarray(out.refined, np.float32)
-    result = resize_linear_host(refined, out_hw)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    params = unwrap_params(params)
+    n = low_b.shape[0]
+    chunks = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+        take = np.r_[np.arange(start, stop), np.full(pad, stop - 1, np.int64)]
+        low_s = resize_nearest_host(low_b[take], (size, size))
+        high_s = resize_nearest_host(high_b[take], (size, size))
+        out = refiner_inference(params, jnp.asarray(low_s), jnp.asarray(high_s), dtype=dtype)
+        chunks.append(np.asarray(out.refined, np.float32)[: stop - start])
+    result = resize_linear_host(np.concatenate(chunks, 0), out_hw)
     if rank == 2:
         return result[0, :, :, 0]
     if rank == 3:

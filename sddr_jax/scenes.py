@@ -83,7 +83,8 @@ class _Canvas:
 def _texture(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, base: np.ndarray) -> np.ndarray:
     """A colour texture on normalised coordinates: stripes, checkers, smooth blotches or plain."""
     kind = rng.integers(0, 4)
-    other = np.clip(base + rng.uniform(-0.45, 0.45, 3), 0.0, 1.0)
+    # The second colour differs clearly from the base, so texture edges are real colour edges.
+    other = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.25, 0.5, 3), 0.0, 1.0)
     if kind == 0:  # stripes at a random angle
         angle, freq = rng.uniform(0, np.pi), rng.uniform(6, 30)
         t = (np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * freq * 2 * np.pi) > 0).astype(np.float32)

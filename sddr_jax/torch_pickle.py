@@ -147,12 +147,16 @@ def _read_zip(path: Path, where: str):
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
-        raise UserError(f"{where}: not a readable PyTorch zip archive ({e}); the file may be truncated") from None
+        raise UserError(
+            f"{where}: not a readable PyTorch zip archive ({e}); the file may be truncated"
+        ) from None
     with archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
-            raise UserError(f"{where}: expected exactly one '<name>/data.pkl' record in the zip, found {pkl or 'none'}")
+            raise UserError(
+                f"{where}: expected exactly one '<name>/data.pkl' record in the zip, found {pkl or 'none'}"
+            )
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
@@ -167,7 +171,9 @@ def _read_zip(path: Path, where: str):
             except KeyError:
                 raise UserError(f"{where}: storage record '{record}' is missing from the archive") from None
             except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise UserError(f"{where}: cannot read storage '{record}' ({e}); the file is corrupted") from None
+                raise UserError(
+                    f"{where}: cannot read storage '{record}' ({e}); the file is corrupted"
+                ) from None
             if len(raw) < numel * dtype.itemsize:
                 raise UserError(
                     f"{where}: storage '{record}' has {len(raw)} bytes, expected {numel * dtype.itemsize}"
@@ -187,18 +193,22 @@ def _unpickle(stream, where: str, load_storage):
     except UserError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error) as e:
+            OverflowError, struct.error) as e:
         raise UserError(f"{where}: malformed pickle data ({type(e).__name__}: {e})") from None
 
 
 def _read_legacy(path: Path, where: str):
     with open(path, "rb") as f:
+        not_torch = (f"{where}: neither a PyTorch zip archive nor a legacy PyTorch pickle "
+                     "(the file may be truncated or corrupted)")
         try:
-            magic = pickle.load(f)
-        except Exception:  # noqa: BLE001 - any failure here means "not this format"
-            raise UserError(f"{where}: neither a PyTorch zip archive nor a legacy PyTorch pickle") from None
+            magic = _unpickle(f, where, None)  # restricted even here: the file is untrusted
+        except UserError as e:
+            if "refusing" in str(e):
+                raise
+            raise UserError(not_torch) from None
         if magic != _LEGACY_MAGIC:
-            raise UserError(f"{where}: neither a PyTorch zip archive nor a legacy PyTorch pickle")
+            raise UserError(not_torch)
         protocol = _unpickle(f, where, None)
         if protocol != _LEGACY_PROTOCOL:
             raise UserError(f"{where}: unsupported legacy protocol version {protocol!r}")

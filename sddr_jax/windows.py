@@ -1,4 +1,4 @@
-"""Coarse-to-fine windows: grid, feather mask, adaptive predictor resolution, alignment, blending (spec 5.2-5.5).
+"""Coarse-to-fine windows: grid, feather mask, adaptive resolution, alignment, blending (spec 5.2-5.5).
 
 The pure pieces of the official two-stage "patch fusion" code, each usable on its own:
 
@@ -83,7 +83,8 @@ def check_schedule(schedule: Any) -> tuple[tuple[int, float], ...]:
         steps = tuple((int(p), float(c)) for p, c in schedule)
     except (TypeError, ValueError):
         raise UserError(
-            f"schedule: expected a sequence of (pieces, cover) pairs such as {OFFICIAL_SCHEDULE}, got {schedule!r}"
+            f"schedule: expected a sequence of (pieces, cover) pairs such as {OFFICIAL_SCHEDULE}, "
+            f"got {schedule!r}"
         ) from None
     for p, c in steps:
         if p < 2 or not 0.0 <= c < 1.0:
@@ -178,7 +179,9 @@ def cv_resize_matrix(in_size: int, out_size: int, interpolation: str = "cubic") 
     rule; applying it on both axes reproduces `cv2.resize` up to float32 rounding.
     """
     if interpolation not in _CV_FLAGS:
-        raise UserError(f"cv_resize_matrix: interpolation must be one of {sorted(_CV_FLAGS)}, got {interpolation!r}")
+        raise UserError(
+            f"cv_resize_matrix: interpolation must be one of {sorted(_CV_FLAGS)}, got {interpolation!r}"
+        )
     in_size, out_size = int(in_size), int(out_size)
     if in_size < 1 or out_size < 1:
         raise UserError(f"cv_resize_matrix: sizes must be >= 1, got {in_size} -> {out_size}")
@@ -189,23 +192,74 @@ def cv_resize_matrix(in_size: int, out_size: int, interpolation: str = "cubic") 
     return m
 
 
-def resize_cv(x: Array, out_hw: Sequence[int], interpolation: str = "cubic") -> Array:
-    """OpenCV-rule resize (R_cv_linear / R_cv_cubic, spec 2.4) of axes (-3, -2) of `(..., H, W, C)`.
+@functools.lru_cache(maxsize=512)
+def cv_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of OpenCV INTER_NEAREST along one axis (read off `cv2.resize` of an index ramp).
 
-    Two matmuls (width, then height, as OpenCV) with the matrices of `cv_resize_matrix` at HIGHEST
-    precision; `out_hw` = (height, width) must be static. Jittable and vmappable.
+    OpenCV computes floor(dst * in/out) in double precision, PyTorch in float32 (`ops.nearest_indices`):
+    they agree for the power-of-two refiner sizes but can differ by one pixel for other size pairs.
+    """
+    in_size, out_size = int(in_size), int(out_size)
+    if in_size < 1 or out_size < 1:
+        raise UserError(f"cv_nearest_indices: sizes must be >= 1, got {in_size} -> {out_size}")
+    ramp = np.arange(in_size, dtype=np.float32)[None, :]  # exact integers up to 2^24
+    idx = cv2.resize(ramp, (out_size, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int32)
+    idx.setflags(write=False)
+    return idx
+
+
+def resize_cv(x: Array, out_hw: Sequence[int], interpolation: str = "cubic", method: str = "taps") -> Array:
+    """OpenCV-rule resize (R_cv_linear / R_cv_cubic / INTER_NEAREST, spec 2.4) of axes (-3, -2) of NHWC.
+
+    linear / cubic, width then height as OpenCV, with the rows of `cv_resize_matrix`: method "taps" applies
+    each row's few non-zero weights as gathers (default, cheap), "matrix" as matmuls at HIGHEST precision.
+    nearest: two gathers (exact). `out_hw` = (height, width) must be static. Jittable and vmappable.
     """
     if x.ndim < 3:
         raise UserError(f"resize_cv: expected an array (..., H, W, C), got shape {tuple(x.shape)}")
     oh, ow = (int(v) for v in out_hw)
     h, w = x.shape[-3], x.shape[-2]
-    if ow != w:
-        mx = jnp.asarray(cv_resize_matrix(w, ow, interpolation), x.dtype)
-        x = jnp.einsum("pw,...hwc->...hpc", mx, x, precision=_HIGHEST)
-    if oh != h:
-        my = jnp.asarray(cv_resize_matrix(h, oh, interpolation), x.dtype)
-        x = jnp.einsum("oh,...hwc->...owc", my, x, precision=_HIGHEST)
+    if interpolation == "nearest":
+        if ow != w:
+            x = jnp.take(x, jnp.asarray(cv_nearest_indices(w, ow)), axis=x.ndim - 2)
+        if oh != h:
+            x = jnp.take(x, jnp.asarray(cv_nearest_indices(h, oh)), axis=x.ndim - 3)
+        return x
+    if method not in ("taps", "matrix"):
+        raise UserError(f"resize_cv: method must be 'taps' or 'matrix', got {method!r}")
+    for axis, n_in, n_out in ((x.ndim - 2, w, ow), (x.ndim - 3, h, oh)):
+        if n_in == n_out:
+            continue
+        if method == "matrix":
+            m = jnp.asarray(cv_resize_matrix(n_in, n_out, interpolation), x.dtype)
+            y = jnp.tensordot(m, jnp.moveaxis(x, axis, 0), axes=(1, 0), precision=_HIGHEST)
+            x = jnp.moveaxis(y, 0, axis)
+        else:
+            idx, wts = _cv_taps(n_in, n_out, interpolation)
+            shape = [1] * x.ndim
+            shape[axis] = n_out
+            terms = [
+                jnp.asarray(wts[:, k], x.dtype).reshape(shape)
+                * jnp.take(x, jnp.asarray(idx[:, k]), axis=axis)
+                for k in range(idx.shape[1])
+            ]
+            x = functools.reduce(lambda a, b: a + b, terms)
     return x
+
+
+@functools.lru_cache(maxsize=512)
+def _cv_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    # The few non-zeros of each row of the resampling matrix as (index, weight) taps: O(taps) per output
+    # sample instead of O(in) for the matmul (the windows are resized from S = 1024).
+    m = cv_resize_matrix(in_size, out_size, interpolation)
+    k = max(1, int((m != 0).sum(axis=1).max()))
+    idx = np.zeros((out_size, k), np.int32)
+    wts = np.zeros((out_size, k), np.float32)
+    for i in range(out_size):
+        nz = np.flatnonzero(m[i])
+        idx[i, : nz.size] = nz
+        wts[i, : nz.size] = m[i, nz]
+    return idx, wts
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,7 +322,8 @@ def resolution_factors_host(
     if depth.ndim != 2:
         raise UserError(f"resolution_factors_host: expected an (H, W) depth map, got shape {depth.shape}")
     depth = depth.astype(np.float32, copy=False)
-    grad = np.abs(cv2.Sobel(depth, cv2.CV_64F, 0, 1, ksize=3)) + np.abs(cv2.Sobel(depth, cv2.CV_64F, 1, 0, ksize=3))
+    grad = np.abs(cv2.Sobel(depth, cv2.CV_64F, 0, 1, ksize=3))
+    grad += np.abs(cv2.Sobel(depth, cv2.CV_64F, 1, 0, ksize=3))
     edges = (grad > np.percentile(grad, percentile)).astype(np.float32)
     # Counts are exact in float32; the densities are formed in float64.
     density = np.array([float(edges[w.y0 : w.y1, w.x0 : w.x1].sum()) / (w.height * w.width) for w in windows])
@@ -349,7 +404,9 @@ def align_scale_shift(pred: Array, target: Array, mask: Array | None = None) -> 
     and so do we.
     """
     if pred.shape != target.shape:
-        raise UserError(f"align_scale_shift: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        raise UserError(
+            f"align_scale_shift: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+        )
     m = jnp.ones_like(pred) if mask is None else jnp.broadcast_to(mask, pred.shape).astype(pred.dtype)
     axes = (-3, -2, -1)
     n = m.sum(axis=axes)
@@ -423,7 +480,8 @@ def bilateral_filter(x: Array, radius: int, sigma_space: float, sigma_range: flo
     radius = int(radius)
     if radius < 1 or not sigma_space > 0 or not sigma_range > 0:
         raise UserError(
-            f"bilateral_filter: need radius >= 1 and positive sigmas, got {(radius, sigma_space, sigma_range)}"
+            "bilateral_filter: need radius >= 1 and positive sigmas, "
+            f"got {(radius, sigma_space, sigma_range)}"
         )
     pad = [(0, 0)] * (x.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
     p = jnp.pad(x, pad, mode="edge")
@@ -464,6 +522,7 @@ __all__ = [
     "window_grid",
     "feather_mask",
     "cv_resize_matrix",
+    "cv_nearest_indices",
     "resize_cv",
     "adaptive_resolution",
     "candidate_resolutions",

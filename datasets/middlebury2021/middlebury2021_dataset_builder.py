@@ -4,8 +4,10 @@ GT depth = f_x * baseline / (disp / |scale| + doffs) from `disp{0,1}.pfm` (rows 
 and `calib.txt` (f_x = first entry of `cam0`); infinite disparity gives depth 0 (invalid). Views are named
 `<scene>_l` (im0/disp0) and `<scene>_r` (im1/disp1) as in the official demo's prediction files.
 
-Configs: `legacy_uint8` (default, the official script's parity path: depth cast to uint8, i.e. fractions
-truncated and values >= 256 wrapped modulo 256) and `float` (the exact float depth in millimetres).
+Configs: `float` (default: the exact float depth in millimetres; `sddr-jax evaluate` applies the legacy
+uint8 cast itself when asked, which is the spec's default for parity) and `legacy_uint8` (the official
+script's path baked into the records: depth cast to uint8, i.e. fractions truncated and values >= 256
+wrapped modulo 256; the cast is idempotent, so evaluating these records with the legacy flag is harmless).
 """
 from __future__ import annotations
 
@@ -42,11 +44,11 @@ class Builder(_common.DepthBuilder):
 
     name = "middlebury2021"
     BUILDER_CONFIGS = [
+        MiddleburyConfig(name="float", description="exact float GT depth (mm)", legacy_uint8=False),
         MiddleburyConfig(name="legacy_uint8", description="GT cast to uint8 as the official script does",
                          legacy_uint8=True),
-        MiddleburyConfig(name="float", description="exact float GT depth (mm)", legacy_uint8=False),
     ]
-    DEFAULT_CONFIG_NAME = "legacy_uint8"
+    DEFAULT_CONFIG_NAME = "float"
     HOMEPAGE = "https://vision.middlebury.edu/stereo/data/scenes2021/"
     DESCRIPTION = "Middlebury 2021 mobile stereo scenes; depth from PFM disparity and calib.txt."
     LICENSE = "Research use; cite Scharstein et al. (see the dataset page)"

@@ -16,7 +16,6 @@ class Builder(_common.DepthBuilder):
     """Multiscopic synthetic test set (Yuan et al., IROS 2021) from the manual download."""
 
     name = "multiscopic"
-    HOMEPAGE = "https://sites.google.com/view/multiscopic"
     DESCRIPTION = "Multiscopic vision dataset, test split: 5 views per scene with 8-bit disparity."
     LICENSE = "Research use (see the dataset page)"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (

@@ -8,12 +8,12 @@ Output layout (the official SDDR demo input layout, `demo_input/<dataset>/<predi
 named like the RGB files (stem + `.png`), so `sddr-jax refine --rgb DIR --low OUT/low_518 --high
 OUT/high_1036` takes them. Each map is the original `infer_image` (keep-aspect resize to a multiple of 14
 with the given lower bound, OpenCV cubic, ImageNet normalisation, bilinear align_corners back to H x W),
-then min-max normalised to [0, 65535] and truncated to uint16 (spec 5.1 step 5's quantisation).
+then written by `sddr_jax.io.write_depth` (atomic; the official quantisation of spec 5.1 step 5:
+min-max to [0, 1], x65535, truncated to uint16).
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -57,30 +57,6 @@ def read_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float64) / scale
 
 
-def to_uint16(depth: np.ndarray) -> np.ndarray:
-    """Min-max normalise to [0, 65535] and truncate (a constant map becomes zeros)."""
-    d = np.asarray(depth, np.float64)
-    lo, hi = float(d.min()), float(d.max())
-    scaled = (d - lo) / (hi - lo) * 65535.0 if hi > lo else np.zeros_like(d)
-    return scaled.astype(np.uint16)
-
-
-def write_png16(path: str, image: np.ndarray) -> None:
-    """Atomic 16-bit grayscale PNG write (temp file in the same folder + os.replace)."""
-    from PIL import Image
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(image, np.uint16)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def list_images(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--rgb: folder {folder} does not exist")
@@ -100,6 +76,7 @@ def run(args) -> int:
 
     import jax.numpy as jnp
 
+    from sddr_jax import io
     from sddr_jax.convert_depth_anything import load_depth_anything
     from sddr_jax.models.depth_anything import get_config
 
@@ -122,9 +99,9 @@ def run(args) -> int:
     start = time.perf_counter()
     for i, name in enumerate(names):
         rgb = read_rgb(os.path.join(args.rgb, name))
-        for kind, (size, folder) in folders.items():
+        for size, folder in folders.values():
             depth = predictor.infer_image(rgb, input_size=size)
-            write_png16(os.path.join(folder, os.path.splitext(name)[0] + ".png"), to_uint16(depth))
+            io.write_depth(os.path.join(folder, os.path.splitext(name)[0] + ".png"), depth, overwrite=args.overwrite)
         print(f"[{i + 1}/{len(names)}] {name} {rgb.shape[1]}x{rgb.shape[0]}", flush=True)
     print(f"wrote {len(names)} low maps to {folders['low'][1]} and high maps to {folders['high'][1]} "
           f"({time.perf_counter() - start:.1f} s)")

@@ -87,7 +87,9 @@ class CrossAttention(nn.Module):
     def __call__(self, low: Array, high: Array) -> tuple[Array, Array]:
         b, h, w, c = low.shape
         if c != self.dim or high.shape != low.shape:
-            raise ValueError(f"CrossAttention: expected two (B, h, w, {self.dim}) maps, got {low.shape}, {high.shape}")
+            raise ValueError(
+                f"CrossAttention: expected two (B, h, w, {self.dim}) maps, got {low.shape}, {high.shape}"
+            )
         x = jnp.stack([low, high], axis=1)  # (B, 2, h, w, C) == the NCHW tensor transposed as in step (a)
         # pre-projection per pixel: depthwise 1x1 scale (no bias), then a 1x1 conv without bias
         pre_scale = self.param("pre_scale", CONV_INIT, (c,), jnp.float32)

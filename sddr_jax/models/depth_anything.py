@@ -95,12 +95,31 @@ class DepthAnythingV2(nn.Module):
         return depth.astype(jnp.float32)
 
 
-def init_params(config: str | DepthAnythingConfig, rng: Array | int = 0, size: int = 14) -> dict:
-    """Randomly initialised parameters (for tests and benchmarks; real weights come from the converter)."""
+def init_params(config: str | DepthAnythingConfig, seed: int = 0) -> dict:
+    """Random float32 numpy parameters for tests and benchmarks (real weights come from the converter).
+
+    Built on the host from the abstract parameter shapes, so nothing is compiled: kernels ~ N(0, 1/fan_in),
+    biases ~ N(0, 0.01^2), cls/position embeddings ~ N(0, 0.02^2), LayerNorm scales and layer scales 1.
+    """
     config = get_config(config)
-    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
     model = DepthAnythingV2(config)
-    return jax.jit(model.init)(rng, jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+    x = jax.ShapeDtypeStruct((1, PATCH_SIZE, PATCH_SIZE, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = path[-1].key
+        shape = tuple(s.shape)
+        if name in ("scale", "gamma"):
+            return np.ones(shape, np.float32)
+        if name == "bias":
+            return (0.01 * rng.standard_normal(shape)).astype(np.float32)
+        if name in ("cls_token", "pos_embed"):
+            return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        fan_in = int(np.prod(shape[:-1]))
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 # ----------------------------------------------------------------------------------------------------

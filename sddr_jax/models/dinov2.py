@@ -41,24 +41,36 @@ def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
     return np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
 
 
-def cubic_half_pixel_taps(in_size: int, out_size: int, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cubic_half_pixel_taps(
+    in_size: int, out_size: int, scale: float | None = None, coords: str = "opencv"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (out, 4) and weights (out, 4) of a half-pixel bicubic resize along one axis.
 
     This is PyTorch's `interpolate(mode="bicubic", align_corners=False, antialias=False)` and OpenCV's
     `INTER_CUBIC`: source x = (dst + 0.5) * s - 0.5 with s = in/out (or 1/scale when PyTorch is given a
-    `scale_factor`), a = -0.75, and out-of-range taps clamped to the border (replicate). Computed in float64.
+    `scale_factor`), a = -0.75, and out-of-range taps clamped to the border (replicate).
+    coords "opencv": x in float64 (OpenCV); "torch": s and x in float32 as ATen computes them, which moves
+    x by up to ~1e-6 and the result by ~1e-5 at a 2x upsampling. Weights are then evaluated in float64.
     """
-    s = (1.0 / scale) if scale is not None else in_size / out_size
-    x = (np.arange(out_size, dtype=np.float64) + 0.5) * s - 0.5
-    x0 = np.floor(x)
-    t = x - x0
+    if coords == "torch":
+        s = np.float32(1.0 / scale) if scale is not None else np.float32(in_size) / np.float32(out_size)
+        x = (s * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)).astype(np.float32)
+        x0 = np.floor(x)
+        t = (x - x0).astype(np.float64)
+    elif coords == "opencv":
+        s = (1.0 / scale) if scale is not None else in_size / out_size
+        x = (np.arange(out_size, dtype=np.float64) + 0.5) * s - 0.5
+        x0 = np.floor(x)
+        t = x - x0
+    else:
+        raise ValueError(f"coords: expected 'opencv' or 'torch', got {coords!r}")
     idx = x0[:, None].astype(np.int64) + np.arange(-1, 3)[None, :]
     return np.clip(idx, 0, in_size - 1), _cubic_weights(t)
 
 
-def cubic_half_pixel_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
+def cubic_half_pixel_matrix(in_size: int, out_size: int, scale: float | None = None, coords: str = "opencv") -> np.ndarray:
     """The (out, in) matrix of `cubic_half_pixel_taps` (clamped taps accumulate on the border pixel)."""
-    idx, w = cubic_half_pixel_taps(in_size, out_size, scale)
+    idx, w = cubic_half_pixel_taps(in_size, out_size, scale, coords)
     m = np.zeros((out_size, in_size), np.float64)
     np.add.at(m, (np.repeat(np.arange(out_size), 4), idx.reshape(-1)), w.reshape(-1))
     return m
@@ -86,11 +98,11 @@ def interpolate_pos_embed(
     dim = pos_embed.shape[-1]
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:].astype(jnp.float32).reshape(n, n, dim)
     if mode == "hf":
-        mh, mw = cubic_half_pixel_matrix(n, gh), cubic_half_pixel_matrix(n, gw)
+        mh, mw = cubic_half_pixel_matrix(n, gh, coords="torch"), cubic_half_pixel_matrix(n, gw, coords="torch")
     else:
         # The original passes scale_factor=(sx, sy) with output size floor(n * s) = floor(g + offset) = g.
-        mh = cubic_half_pixel_matrix(n, gh, scale=(gh + offset) / n)
-        mw = cubic_half_pixel_matrix(n, gw, scale=(gw + offset) / n)
+        mh = cubic_half_pixel_matrix(n, gh, scale=(gh + offset) / n, coords="torch")
+        mw = cubic_half_pixel_matrix(n, gw, scale=(gw + offset) / n, coords="torch")
     hp = jax.lax.Precision.HIGHEST
     patch_pos = jnp.einsum("yh,hwd->ywd", jnp.asarray(mh, jnp.float32), patch_pos, precision=hp)
     patch_pos = jnp.einsum("xw,ywd->yxd", jnp.asarray(mw, jnp.float32), patch_pos, precision=hp)
@@ -116,6 +128,7 @@ class Attention(nn.Module):
     dim: int
     num_heads: int
     dtype: jnp.dtype | None = None
+    query_chunk: int = 1024  # 0: never chunk
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -124,11 +137,25 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * self.dim, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, head_dim)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (head_dim**-0.5), k)
-        # Softmax in float32 even under bf16: the logits of 1369+ tokens need the range.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, self.dim)
-        return nn.Dense(self.dim, dtype=self.dtype, name="proj")(out)
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+
+        def attend(q_chunk):
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q_chunk, k)
+            # Softmax in float32 even under bf16: the logits of thousands of tokens need the range.
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+        chunk = self.query_chunk
+        if chunk and n > 2 * chunk:
+            # Long sequences (1036^2 input: 5477 tokens) in query chunks, one after another: the full
+            # (B, heads, N, N) logits would be 0.7 GB per layer for ViT-S. Exact: rows are independent.
+            pad = (-n) % chunk
+            qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, (n + pad) // chunk, chunk, self.num_heads, head_dim)
+            out = jax.lax.map(attend, jnp.moveaxis(qp, 1, 0))  # (chunks, B, chunk, heads, head_dim)
+            out = jnp.moveaxis(out, 0, 1).reshape(b, n + pad, self.num_heads, head_dim)[:, :n]
+        else:
+            out = attend(q)
+        return nn.Dense(self.dim, dtype=self.dtype, name="proj")(out.reshape(b, n, self.dim))
 
 
 class Mlp(nn.Module):

@@ -29,7 +29,7 @@ def _conv_init(kernel: int, features: int, groups: int = 1):
 
 
 def torch_default_conv_init(fan_in: int):
-    """PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)) == uniform(+-1/sqrt(fan_in)) (weights and bias)."""
+    """PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)), i.e. uniform(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
@@ -122,7 +122,8 @@ class MixFFN(nn.Module):
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc1")(x)
         grid = x.reshape(x.shape[0], hw[0], hw[1], self.hidden)
         grid = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=self.hidden,
-                       dtype=self.dtype, kernel_init=_conv_init(3, self.hidden, self.hidden), name="dwconv")(grid)
+                       dtype=self.dtype, kernel_init=_conv_init(3, self.hidden, self.hidden),
+                       name="dwconv")(grid)
         x = gelu_exact(grid.reshape(x.shape))
         return nn.Dense(self.dim, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc2")(x)
 
@@ -145,7 +146,8 @@ class MiTBlock(nn.Module):
             return branch
 
         a = layer_norm(LN_EPS_BLOCK, dtype=self.dtype, name="norm1")(x)
-        x = x + residual(EfficientAttention(self.dim, self.num_heads, self.sr_ratio, self.dtype, name="attn")(a, hw))
+        attn = EfficientAttention(self.dim, self.num_heads, self.sr_ratio, self.dtype, name="attn")
+        x = x + residual(attn(a, hw))
         m = layer_norm(LN_EPS_BLOCK, dtype=self.dtype, name="norm2")(x)
         x = x + residual(MixFFN(self.dim, self.mlp_ratio * self.dim, self.dtype, name="mlp")(m, hw))
         return x
@@ -197,11 +199,12 @@ class MixVisionTransformer(nn.Module):
         outs, cur = [], 0
         for s in range(4):
             if s == 0:
-                embed = OverlapPatchEmbed(cfg.embed_dims[0], 7, 4, kernel_init=torch_default_conv_init(fan_in),
-                                          bias_init=torch_default_conv_init(fan_in), dtype=self.dtype,
-                                          name="patch_embed1")
+                init = torch_default_conv_init(fan_in)
+                embed = OverlapPatchEmbed(cfg.embed_dims[0], 7, 4, kernel_init=init, bias_init=init,
+                                          dtype=self.dtype, name="patch_embed1")
             else:
-                embed = OverlapPatchEmbed(cfg.embed_dims[s], 3, 2, dtype=self.dtype, name=f"patch_embed{s + 1}")
+                embed = OverlapPatchEmbed(cfg.embed_dims[s], 3, 2, dtype=self.dtype,
+                                          name=f"patch_embed{s + 1}")
             t, hw = embed(x)
             for j in range(cfg.depths[s]):
                 t = MiTBlock(cfg.embed_dims[s], cfg.num_heads[s], cfg.sr_ratios[s], cfg.mlp_ratio,

@@ -1,0 +1,104 @@
+"""Training throughput: steps/s and images/s of the SDDR train step (Refiner + loss + AdamW), pmap vs
+jit(shard_map), at S = 512 and 1024.
+
+Measures the step alone on synthetic device-resident batches (no input pipeline), in two phases: L_gt only,
+and the full `official` loss with pseudo-labels given (their generation is measured separately with
+--labels, as it runs once per step in self-distillation phases). On CPU compare the two wrappers side by
+side in one run (ratios); on a GPU the absolute images/s (target: >= 50 images/s at 1024^2 on one H100).
+
+    python benchmarks/train.py [--sizes 512 1024] [--batch-per-device 1] [--steps 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def bench(size: int, mode: str, batch_per_device: int, steps: int, with_labels: bool, dtype: str) -> dict:
+    from sddr_jax import losses
+    from sddr_jax import train as T
+
+    config = T.default_config()
+    config.model.dtype = dtype
+    config.data.image_size = size
+    model = T.make_model(config)
+    tx = T.make_optimizer(config.optimizer, 1000)
+    x = jnp.zeros((1, 128, 128, 1), jnp.float32)
+    params = jax.device_get(model.init(jax.random.PRNGKey(0), x, x)["params"])
+    placement = T.Placement(mode)
+    state = placement.replicate(T.create_train_state(params, tx, 0))
+    n = placement.num_local_devices * batch_per_device
+    rng = np.random.default_rng(0)
+    depth = rng.random((n, size, size, 1), dtype=np.float32) + 0.5
+    batch = {"rgb": rng.random((n, size, size, 3), dtype=np.float32),
+             "low": rng.random((n, size, size, 1), dtype=np.float32),
+             "high": rng.random((n, size, size, 1), dtype=np.float32),
+             "depth": depth, "valid": np.ones((n, size, size, 1), bool)}
+    dev = placement.shard(batch)
+    step = T.make_train_step(model.apply, losses.get_loss(config.loss.name), config.loss, tx, parallel=mode,
+                             mesh=placement.mesh, with_labels=with_labels)
+    args = (dev,)
+    if with_labels:
+        edge = np.abs(rng.standard_normal((n, size, size, 1))).astype(np.float32)
+        lab = {"edge": edge, "mask_edge": edge > np.quantile(edge, 0.85), "mask_flat": edge < np.quantile(edge, 0.15)}
+        args = (dev, placement.shard(lab))
+    t0 = time.perf_counter()
+    state, m = step(state, *args)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, *args)
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t0) / steps
+    return {"size": size, "mode": mode, "phase": "sd" if with_labels else "gt", "batch": n,
+            "devices": placement.num_local_devices, "first_step_s": compile_s, "step_s": dt,
+            "steps_per_s": 1.0 / dt, "images_per_s": n / dt}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--modes", nargs="+", default=["pmap", "shard_map"])
+    ap.add_argument("--batch-per-device", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--phases", nargs="+", default=["gt"], choices=["gt", "sd"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    rows = []
+    print(f"device: {jax.devices()[0].device_kind} x {jax.local_device_count()}  ({jax.default_backend()})")
+    print(f"{'S':>5} {'phase':>5} {'mode':>10} {'batch':>5} {'first s':>8} {'step s':>8} {'steps/s':>8} "
+          f"{'img/s':>8} {'vs pmap':>8}")
+    for size in args.sizes:
+        for phase in args.phases:
+            base = None
+            for mode in args.modes:
+                r = bench(size, mode, args.batch_per_device, args.steps, phase == "sd", args.dtype)
+                base = base or r["images_per_s"]
+                r["ratio_vs_first_mode"] = r["images_per_s"] / base
+                rows.append(r)
+                print(f"{size:5d} {phase:>5} {mode:>10} {r['batch']:5d} {r['first_step_s']:8.2f} {r['step_s']:8.3f} "
+                      f"{r['steps_per_s']:8.3f} {r['images_per_s']:8.2f} {r['ratio_vs_first_mode']:8.2f}")
+    if args.json:
+        out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+               "cpu_count": os.cpu_count(), "rows": rows}
+        path = pathlib.Path(args.json)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        os.replace(tmp, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

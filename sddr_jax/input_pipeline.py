@@ -1,0 +1,373 @@
+"""Input pipeline: `tfds.data_source` -> grain `MapDataset` -> batches in the layout the train step wants (spec 10).
+
+    source (ArrayRecord, random access)
+      -> shard by JAX process (ShardByJaxProcess: contiguous 1/process_count of the records)
+      -> seeded shuffle (a new order each epoch) -> repeat
+      -> decode + augment on the host (OpenCV; a per-example RNG derived from the seed and the stream index)
+      -> to_iter_dataset (thread pool) -> batch
+      -> simulated base predictor for records without precomputed low/high (jitted, per-example keys)
+      -> layout: flat (B_local, ...) for jit/shard_map, or (local_devices, B_local/local_devices, ...) for pmap
+
+Every stage is a grain transformation, so `iterator.get_state()` / `set_state()` (and Orbax, through
+`grain.checkpoint.CheckpointSave/CheckpointRestore`) resume the stream exactly: the augmentation and the
+simulated-predictor noise depend only on (seed, process index, position in the stream).
+
+Batch dict (docs/architecture.md): `rgb (B,S,S,3)` float32 in [0,1], `low`/`high (B,S,S,1)` float32 in [0,1]
+(min-max normalised per example), `depth (B,S,S,1)` float32, `valid (B,S,S,1)` bool (finite and > 0).
+
+What the paper leaves open and we chose (spec 10: "augmentation similar to GBDF", GBDF resizes to 2048²):
+a random crop covering `crop_scale` of each side (1.0 = the whole image), squashed to S x S like the
+official resize, horizontal flip, photometric jitter on the RGB only. Ground-truth depth is resized with
+nearest neighbour (no mixing across occlusion edges or with invalid zeros); precomputed low/high with
+nearest neighbour as the official demo does; RGB bilinear.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Callable, Mapping
+
+import cv2
+import grain
+import numpy as np
+
+from sddr_jax.errors import UserError
+
+log = logging.getLogger("sddr_jax.input_pipeline")
+
+BATCH_KEYS = ("rgb", "low", "high", "depth", "valid")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Host-side augmentation. `AugmentConfig.none()` = evaluation (whole image, no jitter)."""
+
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # side of the random crop, fraction of each image side
+    flip_prob: float = 0.5
+    brightness: float = 0.2  # multiply by 1 + U(-b, b)
+    contrast: float = 0.2  # blend with the mean grey by 1 + U(-c, c)
+    saturation: float = 0.2  # blend with the grey image by 1 + U(-s, s)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        return cls(crop_scale=(1.0, 1.0), flip_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
+                   gamma=(1.0, 1.0))
+
+    def validate(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise UserError(f"augment.crop_scale: expected 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0 <= self.flip_prob <= 1:
+            raise UserError(f"augment.flip_prob: expected a probability, got {self.flip_prob}")
+        if not 0 < self.gamma[0] <= self.gamma[1]:
+            raise UserError(f"augment.gamma: expected 0 < min <= max, got {self.gamma}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources and decoding
+
+
+def data_source(name: str, data_dir, split: str, config: str | None = None):
+    """The random-access `tfds.data_source` of a built sddr-jax dataset (no TensorFlow needed)."""
+    from sddr_jax import data_registry
+
+    builder = data_registry.get_builder(name, data_dir, config)  # imports and registers the builder
+    if not builder.is_prepared():
+        raise UserError(f"dataset {builder.info.full_name} is not built under {data_dir}; run "
+                        f"'sddr-jax datasets build {name} --data_dir {data_dir}"
+                        + (f" --config {builder.builder_config.name}" if builder.builder_config else "") + "'")
+    if split not in builder.info.splits:
+        raise UserError(f"dataset {name}: no split {split!r}; splits: {list(builder.info.splits)}")
+    return builder.as_data_source(split=split)  # what tfds.data_source(name, data_dir=...) returns
+
+
+def _decode_png(data: bytes, what: str, flags: int) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if arr is None:
+        raise UserError(f"{what}: corrupt PNG")
+    return arr
+
+
+def decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored record -> `rgb` uint8 (H,W,3), `depth` float32 (H,W), `low`/`high` float32 (h,w) or None."""
+    name = record.get("name", b"?")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    bgr = _decode_png(record["rgb"], f"record {name} rgb", cv2.IMREAD_COLOR)
+    depth = np.asarray(record["depth"], np.float32)
+    if depth.shape != bgr.shape[:2]:
+        raise UserError(f"record {name}: rgb is {bgr.shape[:2]} but depth is {depth.shape}")
+    out = {"name": name, "rgb": cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "depth": depth, "low": None, "high": None}
+    for key in ("low", "high"):
+        data = record.get(key, b"")
+        if data is not None and len(data):
+            arr = _decode_png(data, f"record {name} {key}", cv2.IMREAD_UNCHANGED)
+            if arr.ndim == 3:
+                arr = arr[..., 0]
+            out[key] = arr.astype(np.float32)
+    if (out["low"] is None) != (out["high"] is None):
+        raise UserError(f"record {name}: has only one of the low/high predictions")
+    return out
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x, np.float32)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def _crop_resize(arr: np.ndarray, box: tuple[float, float, float, float], size: int, interp: int) -> np.ndarray:
+    """Crop `box` = (y0, x0, h, w) in fractions of the array's own size, then resize to size x size."""
+    h, w = arr.shape[:2]
+    y0, x0 = int(round(box[0] * h)), int(round(box[1] * w))
+    y1, x1 = max(y0 + 1, int(round((box[0] + box[2]) * h))), max(x0 + 1, int(round((box[1] + box[3]) * w)))
+    crop = arr[y0:min(y1, h), x0:min(x1, w)]
+    if crop.shape[:2] == (size, size):
+        return np.ascontiguousarray(crop)
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def process_example(example: Mapping[str, Any], size: int, augment: AugmentConfig,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Decoded example -> one (un-batched) element of the batch dict at size x size (plus `has_pred`)."""
+    lo, hi = augment.crop_scale
+    sy, sx = (rng.uniform(lo, hi, 2) if hi > lo else (lo, lo))
+    box = (rng.uniform(0, 1 - sy), rng.uniform(0, 1 - sx), sy, sx) if (sy < 1 or sx < 1) else (0.0, 0.0, 1.0, 1.0)
+    flip = rng.uniform() < augment.flip_prob
+
+    rgb = _crop_resize(example["rgb"], box, size, cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    depth = _crop_resize(example["depth"], box, size, cv2.INTER_NEAREST)
+    has_pred = example["low"] is not None
+    if has_pred:
+        low = _minmax(_crop_resize(example["low"], box, size, cv2.INTER_NEAREST))
+        high = _minmax(_crop_resize(example["high"], box, size, cv2.INTER_NEAREST))
+    else:
+        low = high = np.zeros((size, size), np.float32)
+
+    # Photometric jitter on the RGB only (the maps describe geometry).
+    if augment.brightness:
+        rgb = rgb * (1.0 + rng.uniform(-augment.brightness, augment.brightness))
+    if augment.contrast:
+        mean = rgb.mean()
+        rgb = mean + (rgb - mean) * (1.0 + rng.uniform(-augment.contrast, augment.contrast))
+    if augment.saturation:
+        grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        rgb = grey[..., None] + (rgb - grey[..., None]) * (1.0 + rng.uniform(-augment.saturation, augment.saturation))
+    rgb = np.clip(rgb, 0.0, 1.0)
+    if augment.gamma != (1.0, 1.0):
+        rgb = rgb ** rng.uniform(*augment.gamma)
+
+    if flip:
+        rgb, depth, low, high = (a[:, ::-1] for a in (rgb, depth, low, high))
+    depth = np.ascontiguousarray(depth, np.float32)
+    return {
+        "rgb": np.ascontiguousarray(rgb, np.float32),
+        "low": np.ascontiguousarray(low)[..., None],
+        "high": np.ascontiguousarray(high)[..., None],
+        "depth": depth[..., None],
+        "valid": (np.isfinite(depth) & (depth > 0))[..., None],
+        "has_pred": np.bool_(has_pred),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# The simulated base predictor (sddr_jax.noise.simulate_prediction), applied per batch in one jitted call.
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_simulator(kwargs_items: tuple):
+    """One jitted, vmapped `simulate_prediction` per set of noise settings, shared by every dataset."""
+    import jax
+
+    from sddr_jax.noise import simulate_prediction
+
+    kwargs = dict(kwargs_items)
+
+    def one(gt, base, index):
+        low, high = simulate_prediction(gt[None], jax.random.fold_in(base, index), **kwargs)
+        return low[0], high[0]
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
+
+
+def make_simulator(seed: int, process_index: int = 0, device=None, **predictor_kwargs) -> Callable:
+    """`fn(depth (B,S,S,1) np, index (B,) np) -> (low, high)` numpy, deterministic in (seed, process, index).
+
+    Each example's key is fold_in(fold_in(key(seed), process_index), index): the noise of an example does
+    not depend on what else is in its batch, so a resumed stream reproduces it exactly. The computation
+    runs on `device` (default: the first CPU device).
+    """
+    import jax
+
+    device = device if device is not None else jax.devices("cpu")[0]
+    try:
+        fn = _jitted_simulator(tuple(sorted(predictor_kwargs.items())))
+    except TypeError:  # unhashable settings: no sharing of the compiled function
+        fn = _jitted_simulator.__wrapped__(tuple(sorted(predictor_kwargs.items())))
+    base = jax.device_put(jax.random.fold_in(jax.random.key(seed), process_index), device)
+
+    def simulate(depth: np.ndarray, index: np.ndarray):
+        d = jax.device_put(np.asarray(depth, np.float32), device)
+        i = jax.device_put(np.asarray(index, np.uint32), device)
+        low, high = fn(d, base, i)
+        return np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+    return simulate
+
+
+# --------------------------------------------------------------------------------------------------------
+# The dataset
+
+
+@dataclasses.dataclass
+class SkipCounter:
+    """Counts records skipped as corrupt (only with `skip_corrupt=True`); logged as they happen."""
+
+    count: int = 0
+    reasons: list = dataclasses.field(default_factory=list)
+
+
+def _process_count_index() -> tuple[int, int]:
+    opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    return opts.shard_count, opts.shard_index
+
+
+def make_dataset(
+    source,
+    *,
+    image_size: int,
+    global_batch_size: int,
+    seed: int = 0,
+    train: bool = True,
+    num_epochs: int | None = None,
+    augment: AugmentConfig | None = None,
+    layout: str = "flat",
+    drop_remainder: bool | None = None,
+    simulate: bool | str = "auto",
+    predictor_kwargs: Mapping[str, Any] | None = None,
+    predictor_device=None,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 8,
+    skip_corrupt: bool = False,
+    skip_counter: SkipCounter | None = None,
+    num_local_devices: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> grain.IterDataset:
+    """The grain dataset of device-ready batches from a random-access `source` (e.g. `data_source(...)`).
+
+    Args:
+      source: a random-access source of stored records (`tfds.data_source`, or any sequence of dicts with
+        `name`, `rgb` PNG bytes, `depth` float32 (H, W), `low`/`high` PNG bytes or b'').
+      image_size: S, the side of the square output maps.
+      global_batch_size: batch over all processes; each process yields global_batch_size / process_count.
+      seed: seeds the shuffle, the augmentation and the simulated predictor.
+      train: shuffles, repeats (`num_epochs`, None = forever) and augments; False = one ordered pass with
+        no augmentation (unless `augment` is given).
+      augment: augmentation; default `AugmentConfig()` when training, `AugmentConfig.none()` otherwise.
+      layout: "flat" -> arrays (B_local, ...) for jit / shard_map (see `to_global_arrays`); "pmap" ->
+        (num_local_devices, B_local / num_local_devices, ...) for `jax.pmap`.
+      drop_remainder: drop a last partial batch (default: True when training or for "pmap").
+      simulate: "auto" = run `sddr_jax.noise.simulate_prediction` on the GT depth for records without
+        precomputed low/high; True = always; False = never (low/high stay 0 for such records).
+      predictor_kwargs: keyword arguments of `simulate_prediction` (the noise model's settings).
+      predictor_device: JAX device for the simulation (default: the first CPU device, which keeps it
+        off the accelerator and makes the noise identical across hardware).
+      num_threads, prefetch_buffer_size: grain's host thread pool for decoding/augmentation.
+      skip_corrupt: skip records that fail to decode (each logged; counted in `skip_counter`); by default
+        a corrupt record raises UserError naming it.
+      num_local_devices: devices per process for "pmap" (default `jax.local_device_count()`).
+      shard: (process_count, process_index); default from JAX (`ShardByJaxProcess`).
+
+    Returns:
+      A grain `IterDataset`; `iter(ds)` is a `grain.DatasetIterator` with `get_state()`/`set_state()`.
+    """
+    if image_size <= 0:
+        raise UserError(f"image_size: expected a positive int, got {image_size}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed: expected a non-negative int, got {seed!r}")
+    if layout not in ("flat", "pmap"):
+        raise UserError(f"layout: expected 'flat' or 'pmap', got {layout!r}")
+    if simulate not in ("auto", True, False):
+        raise UserError(f"simulate: expected 'auto', True or False, got {simulate!r}")
+    process_count, process_index = shard if shard is not None else _process_count_index()
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise UserError(f"global_batch_size {global_batch_size}: must be a positive multiple of the "
+                        f"process count {process_count}")
+    local_batch = global_batch_size // process_count
+    if layout == "pmap":
+        if num_local_devices is None:
+            import jax
+
+            num_local_devices = jax.local_device_count()
+        if local_batch % num_local_devices:
+            raise UserError(f"global_batch_size {global_batch_size}: the per-process batch {local_batch} must "
+                            f"be a multiple of the {num_local_devices} local devices for layout='pmap'")
+    if augment is None:
+        augment = AugmentConfig() if train else AugmentConfig.none()
+    augment.validate()
+    if drop_remainder is None:
+        drop_remainder = train or layout == "pmap"
+    n = len(source)
+    if n < process_count:
+        raise UserError(f"source has {n} records, fewer than the {process_count} processes")
+    counter = skip_counter if skip_counter is not None else SkipCounter()
+
+    ds = grain.MapDataset.source(source)
+    per_process = n // process_count  # ShardByJaxProcess(drop_remainder=True): equal shards
+    ds = ds[process_index * per_process:(process_index + 1) * per_process]
+    if train:
+        ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    elif num_epochs not in (None, 1):
+        ds = ds.repeat(num_epochs)
+
+    # Per-example RNG from (seed, process, stream index): independent of threads and batching.
+    def load(index: int, record):
+        rng = np.random.default_rng([seed, process_index, index])
+        try:
+            example = decode_record(record)
+            element = process_example(example, image_size, augment, rng)
+        except (UserError, ValueError, cv2.error) as e:
+            if not skip_corrupt:
+                raise UserError(f"{e} (stream index {index}; pass skip_corrupt=True to skip corrupt records)") from None
+            counter.count += 1
+            counter.reasons.append(str(e))
+            log.warning("skipping corrupt record (stream index %d): %s; %d skipped so far", index, e, counter.count)
+            return None
+        element["index"] = np.uint32(index % 2**32)
+        return element
+
+    ds = ds.map_with_index(load)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+    it = it.batch(local_batch, drop_remainder=drop_remainder)
+
+    simulator = None
+    if simulate is not False:
+        simulator = make_simulator(seed, process_index, device=predictor_device, **dict(predictor_kwargs or {}))
+
+    def finish(batch):
+        has_pred = batch.pop("has_pred")
+        index = batch.pop("index")
+        if simulator is not None and (simulate is True or not has_pred.all()):
+            low, high = simulator(batch["depth"], index)
+            keep = has_pred[:, None, None, None] if simulate == "auto" else np.zeros_like(has_pred)[:, None, None, None]
+            batch["low"] = np.where(keep, batch["low"], low)
+            batch["high"] = np.where(keep, batch["high"], high)
+        if layout == "pmap":
+            batch = {k: v.reshape((num_local_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+        return batch
+
+    return it.map(finish)
+
+
+def to_global_arrays(batch: Mapping[str, np.ndarray], sharding) -> dict:
+    """Process-local flat batch -> global `jax.Array`s sharded with `sharding` (for jit / shard_map)."""
+    import jax
+
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def make_train_iterator(name: str, data_dir, *, split: str = "train", config: str | None = None, **kwargs):
+    """`iter(make_dataset(data_source(name, data_dir, split, config), **kwargs))`: a checkpointable iterator."""
+    return iter(make_dataset(data_source(name, data_dir, split, config), **kwargs))

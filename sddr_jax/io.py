@@ -1,0 +1,206 @@
+"""Reading and writing depth maps by file extension, with atomic writes.
+
+Formats: `.npy` (float32), `.png` (8- or 16-bit, single channel), `.pfm` (float32, single channel),
+`.tif` / `.tiff` (float32 via OpenCV). Readers return float32 (H, W) arrays WITHOUT rescaling (the official
+demo reads 16-bit PNGs as raw float32 values; spec 5.1). Writers never overwrite an existing file unless
+overwrite=True and write through a temporary file + os.replace, so a crash never leaves half a file.
+
+PNG output follows the official demo (spec 5.1 step 5): min-max normalise, multiply by 65535 (or 255 for
+8-bit), truncate to an unsigned integer.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from sddr_jax.errors import UserError
+
+READ_EXTENSIONS = (".npy", ".png", ".pfm", ".tif", ".tiff")
+WRITE_EXTENSIONS = READ_EXTENSIONS
+
+
+def _ext(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _single_channel(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        channels = a.shape[-1] if a.ndim == 3 else None
+        detail = f"{channels} channels" if channels else f"shape {a.shape}"
+        raise UserError(f"{path}: expected a single-channel depth map, got {detail}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise UserError(f"{path}: empty depth map of shape {a.shape}")
+    return a
+
+
+def read_pfm(path: str | os.PathLike) -> np.ndarray:
+    """Read a PFM file ('Pf' grayscale) as float32 (H, W), top row first."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        header = f.readline().strip()
+        if header == b"PF":
+            raise UserError(f"{p}: expected a single-channel depth map, got a 3-channel PFM")
+        if header != b"Pf":
+            raise UserError(f"{p}: not a PFM file (header {header[:8]!r})")
+        dims = f.readline()
+        while dims.startswith(b"#"):
+            dims = f.readline()
+        m = re.match(rb"^\s*(\d+)\s+(\d+)\s*$", dims)
+        if not m:
+            raise UserError(f"{p}: malformed PFM size line {dims[:40]!r}")
+        w, h = int(m.group(1)), int(m.group(2))
+        try:
+            scale = float(f.readline().strip())
+        except ValueError:
+            raise UserError(f"{p}: malformed PFM scale line") from None
+        dtype = "<f4" if scale < 0 else ">f4"
+        data = f.read()
+    if len(data) < w * h * 4:
+        raise UserError(f"{p}: PFM data truncated ({len(data)} bytes for {w}x{h})")
+    a = np.frombuffer(data, dtype, count=w * h).reshape(h, w)
+    return np.flipud(a).astype(np.float32)
+
+
+def _pfm_bytes(a: np.ndarray) -> bytes:
+    h, w = a.shape
+    header = f"Pf\n{w} {h}\n-1.0\n".encode("ascii")
+    return header + np.flipud(a).astype("<f4").tobytes()
+
+
+def read_depth(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel depth map as float32 (H, W), by extension (.npy, .png, .pfm, .tif/.tiff).
+
+    PNG values are returned raw (no rescaling of 8/16-bit integers), like the official demo.
+    Raises FileNotFoundError for a missing file, UserError for an unreadable file or a wrong channel count.
+    """
+    p = Path(path)
+    ext = _ext(p)
+    if ext not in READ_EXTENSIONS:
+        raise UserError(
+            f"{p}: unsupported depth file extension {ext!r}; use one of {', '.join(READ_EXTENSIONS)}"
+        )
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such depth file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, expected a depth map file")
+    if ext == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UserError(f"{p}: not a readable .npy array ({e})") from None
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise UserError(f"{p}: expected a numeric array, got dtype {a.dtype}")
+    elif ext == ".pfm":
+        a = read_pfm(p)
+    else:
+        a = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if a is None:
+            raise UserError(f"{p}: not a readable {ext[1:].upper()} image")
+    a = _single_channel(np.asarray(a), p)
+    return a.astype(np.float32)
+
+
+def to_uint_official(depth: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Official output quantisation (`utils.func.norm_0_1`): in float32, (d - min) / (max - min), times
+    2^bits - 1, truncated to uint16 (uint8 for bits=8). A constant map gives zeros instead of NaN."""
+    if bits not in (8, 16):
+        raise UserError(f"bits must be 8 or 16, got {bits}")
+    d = np.asarray(depth, np.float32)
+    lo, hi = d.min(), d.max()
+    unit = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    out = unit * np.float32(2 ** bits - 1)
+    return out.astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Call write(tmp_path) for a temporary sibling file, then os.replace it onto `path`.
+
+    Refuses an existing `path` unless overwrite=True; creates missing parent directories.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p}: already exists (pass overwrite=True / --overwrite to replace it)")
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a directory")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=p.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def write_depth(
+    path: str | os.PathLike, depth: Any, *, overwrite: bool = False, bits: int = 16
+) -> Path:
+    """Write a single-channel depth map by extension, atomically.
+
+    .npy / .pfm / .tif(f): float32 values as given. .png: the official quantisation (`to_uint_official`)
+    to `bits` (16 by default, 8 allowed).
+    """
+    p = Path(path)
+    ext = _ext(p)
+    if ext not in WRITE_EXTENSIONS:
+        raise UserError(
+            f"{p}: unsupported output extension {ext!r}; use one of {', '.join(WRITE_EXTENSIONS)}"
+        )
+    a = _single_channel(np.asarray(depth), p).astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise UserError(f"{p}: refusing to write a depth map with NaN or infinite values")
+
+    def write(tmp: Path) -> None:
+        if ext == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, a)
+        elif ext == ".pfm":
+            tmp.write_bytes(_pfm_bytes(a))
+        else:
+            img = to_uint_official(a, bits) if ext == ".png" else a
+            ok, buf = cv2.imencode(ext, img)
+            if not ok:
+                raise UserError(f"{p}: OpenCV could not encode the image")
+            tmp.write_bytes(buf.tobytes())
+
+    return atomic_write(p, write, overwrite=overwrite)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file (only its header is decoded where the format allows)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such image file")
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{p}: not a readable image ({e})") from None
+    return h, w
+
+
+__all__ = [
+    "READ_EXTENSIONS",
+    "WRITE_EXTENSIONS",
+    "atomic_write",
+    "read_depth",
+    "read_image_size",
+    "read_pfm",
+    "to_uint_official",
+    "write_depth",
+]

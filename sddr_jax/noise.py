@@ -1,0 +1,493 @@
+"""Noise model D ~ D* + eps_cons + eps_edge and the simulated predictor (spec 7).
+
+Synthesis mode (rng-keyed, jittable, static shapes):
+
+* `local_inconsistency_noise`: patches of `patch` x `patch` pixels with stride `patch / 2` (spec: 64 / 32); inside
+  each patch the non-edge pixels are split into connected components (8-connectivity) and each component gets
+  its own affine map a D* + b, a ~ 1 + U(-k_a, k_a), b ~ U(-k_b, k_b) range(D*); the maps are averaged over the
+  overlapping patches, edge pixels keep D*.
+* `edge_deformation_noise`: down/up sampling at the predictor's inference resolution plus K Gaussian bumps whose
+  centres lie in a band around the edges of D*.
+
+Fitting mode: `fit_local_inconsistency` (per-component least squares, jittable) and `fit_edge_deformation`
+(bump amplitudes, centres and widths by gradient descent with optax; eager loop of jitted steps).
+
+Simulated predictor (the embedded synthetic default): `simulated_predict(gt, size, key)` is the prediction of a
+predictor trained at `train_res` and run at `size`; `simulate_prediction(gt, key)` returns the (low, high) pair.
+
+Approximations vs spec 7 (which is itself our reconstruction: the paper gives no numbers):
+1. Connected components are computed by a fixed number of label-propagation steps (3x3 min of pixel indices,
+   then two pointer jumps) inside each patch, so they jit. A component whose two parts are not joined after
+   `cc_iterations` steps (long snakes) gets two transforms: slightly more inconsistency, never less.
+2. The patch tiling is padded so that every pixel lies in exactly (patch / stride)^2 patches (four for the
+   spec's stride = patch / 2); the spec's tiling leaves border pixels in fewer patches.
+3. Edges: `sobel_abs` of the min-max normalised D* (replicate border, so the image frame is not an edge)
+   strictly above its `edge_quantile`-quantile (0.9); a map whose gradient is zero almost everywhere therefore
+   has only its true edges marked.
+4. Bumps are rendered in a window of radius ceil(4 sigma_max) around their centres (truncation below
+   exp(-8) = 3.4e-4 of the amplitude).
+
+Maps: (H, W), (B, H, W) or (B, H, W, 1) (the `edges` map convention); results keep the input layout.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sddr_jax import edges
+from sddr_jax.errors import UserError
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _minmax(x: Array, axes=(-2, -1)) -> Array:
+    lo = jnp.min(x, axis=axes, keepdims=True)
+    hi = jnp.max(x, axis=axes, keepdims=True)
+    return (x - lo) / jnp.where(hi > lo, hi - lo, 1.0)
+
+
+def _fill_nonfinite(d: Array) -> Array:
+    """Non-finite pixels -> the mean of the finite ones (0 if none), per map (N, H, W)."""
+    ok = jnp.isfinite(d)
+    mean = jnp.sum(jnp.where(ok, d, 0.0), axis=(-2, -1), keepdims=True) / jnp.maximum(
+        jnp.sum(ok, axis=(-2, -1), keepdims=True), 1)
+    return jnp.where(ok, d, mean)
+
+
+def depth_edges(depth, edge_quantile: float = 0.9) -> Array:
+    """Edge map of D* used by the noise model: Sobel magnitude of min-max D* (replicate border) > its
+    `edge_quantile`-quantile, per map."""
+    d, restore = edges.as_maps(depth, "depth_edges depth")
+    return restore(_edges3(_fill_nonfinite(d.astype(jnp.float32)), float(edge_quantile)))
+
+
+def _edges3(d: Array, q: float) -> Array:
+    # Replicate border (then crop): with sobel_abs's zero padding the image frame itself would be an edge.
+    g = edges.sobel_abs(jnp.pad(_minmax(d), ((0, 0), (1, 1), (1, 1)), mode="edge"))[:, 1:-1, 1:-1]
+    t = jnp.quantile(g.reshape(g.shape[0], -1), q, axis=-1)[:, None, None]
+    return g > t
+
+
+def _resize(x: Array, hw: Sequence[int]) -> Array:
+    """Linear resize of (N, H, W) maps (antialiased when shrinking, like a predictor's input resampling)."""
+    return jax.image.resize(x, (x.shape[0], int(hw[0]), int(hw[1])), method="linear", antialias=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# connected components inside patches
+
+
+def _to_blocks(x: Array, p: int) -> Array:
+    hp, wp = x.shape
+    return x.reshape(hp // p, p, wp // p, p).transpose(0, 2, 1, 3)
+
+
+def _from_blocks(x: Array) -> Array:
+    nby, nbx, p, _ = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(nby * p, nbx * p)
+
+
+def _block_components(nonedge: Array, patch: int, iterations: int) -> Array:
+    """Labels (Hp, Wp) int32 of 8-connected components of `nonedge` inside each patch x patch block.
+
+    A label is the flat index of a pixel of the component (the smallest one once converged); edge pixels get
+    the sentinel Hp * Wp.
+    """
+    hp, wp = nonedge.shape
+    big = hp * wp
+    init = jnp.where(nonedge, jnp.arange(big, dtype=jnp.int32).reshape(hp, wp), big)
+    ne_b = _to_blocks(nonedge, patch)
+
+    def shift(x: Array, dy: int, dx: int, fill) -> Array:  # x[..., i + dy, j + dx] inside each block
+        p = x.shape[-1]
+        pad = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=fill)
+        return pad[:, :, 1 + dy:1 + dy + p, 1 + dx:1 + dx + p]
+
+    def step(lab: Array, _) -> tuple[Array, None]:
+        lb = _to_blocks(lab, patch)
+        m = lb
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    m = jnp.minimum(m, shift(lb, dy, dx, big))
+        lab = jnp.where(nonedge, _from_blocks(jnp.where(ne_b, m, big)), big)
+        for _ in range(2):  # pointer jumping: follow the label to its pixel's label
+            flat = lab.ravel()
+            lab = jnp.where(lab < big, flat[jnp.minimum(lab, big - 1)], big)
+        return lab, None
+
+    lab, _ = jax.lax.scan(step, init, None, length=iterations)
+    return lab
+
+
+def _phase_labels(nonedge: Array, patch: int, stride: int, iterations: int):
+    """For each tiling phase: (labels (Hp, Wp), pad_top, pad_left) with the image padded so blocks align."""
+    h, w = nonedge.shape
+    out = []
+    for oy in range(0, patch, stride):
+        for ox in range(0, patch, stride):
+            pt, pl = (patch - oy) % patch, (patch - ox) % patch
+            hp = -(-(h + pt) // patch) * patch
+            wp = -(-(w + pl) // patch) * patch
+            ne = jnp.pad(nonedge, ((pt, hp - h - pt), (pl, wp - w - pl)), constant_values=False)
+            out.append((_block_components(ne, patch, iterations), pt, pl))
+    return out
+
+
+def _check_patch(patch: int, stride: int | None, hw) -> tuple[int, int]:
+    patch = int(patch)
+    stride = patch // 2 if stride is None else int(stride)
+    if patch < 2 or stride < 1 or patch % stride:
+        raise UserError(f"patch / stride: expected patch >= 2 and a stride dividing it, got {patch} / {stride}")
+    return patch, stride
+
+
+# ----------------------------------------------------------------------------------------------------
+# local inconsistency noise
+
+
+def _local_inconsistency3(d: Array, key, k_a: float, k_b: float, patch: int, stride: int, q: float,
+                          iterations: int) -> Array:
+    """eps_cons of one map d (H, W)."""
+    nonedge = ~_edges3(d[None], q)[0]
+    rng = jnp.max(d) - jnp.min(d)
+    phases = _phase_labels(nonedge, patch, stride, iterations)
+    keys = jax.random.split(key, len(phases))
+    h, w = d.shape
+    acc = jnp.zeros_like(d)
+    for (lab, pt, pl), k in zip(phases, keys):
+        hp, wp = lab.shape
+        ka, kb = jax.random.split(k)
+        a_tab = 1.0 + k_a * jax.random.uniform(ka, (hp * wp + 1,), minval=-1.0, maxval=1.0)
+        b_tab = k_b * rng * jax.random.uniform(kb, (hp * wp + 1,), minval=-1.0, maxval=1.0)
+        lab = lab[pt:pt + h, pl:pl + w]
+        acc = acc + (a_tab[lab] - 1.0) * d + b_tab[lab]
+    return jnp.where(nonedge, acc / len(phases), 0.0)
+
+
+def local_inconsistency_noise(depth, key, k_a: float = 0.1, k_b: float = 0.05, patch: int = 64,
+                              stride: int | None = None, edge_quantile: float = 0.9,
+                              cc_iterations: int = 12) -> Array:
+    """eps_cons = D' - D* in synthesis mode (spec 7). Jittable; one key, split per map.
+
+    depth: D* as (H, W), (B, H, W) or (B, H, W, 1). k_a: relative scale jitter (a ~ 1 + U(-k_a, k_a));
+    k_b: shift jitter as a fraction of range(D*) (b ~ U(-k_b, k_b) range); patch, stride: tiling in pixels
+    (default stride = patch / 2); edge_quantile: edge threshold (pixels above keep D*, eps = 0 there);
+    cc_iterations: label-propagation steps for the connected components (see the module notes).
+    """
+    d, restore = edges.as_maps(depth, "local_inconsistency_noise depth")
+    patch, stride = _check_patch(patch, stride, d.shape[-2:])
+    return restore(_local_inconsistency_batch(d, key, float(k_a), float(k_b), patch, stride, float(edge_quantile),
+                                              int(cc_iterations)))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _local_inconsistency_batch(d, key, k_a, k_b, patch, stride, q, iterations):
+    d = _fill_nonfinite(d.astype(jnp.float32))
+    keys = jax.random.split(key, d.shape[0])
+    return jax.vmap(lambda x, k: _local_inconsistency3(x, k, k_a, k_b, patch, stride, q, iterations))(d, keys)
+
+
+def fit_local_inconsistency(prediction, depth, patch: int = 64, stride: int | None = None,
+                            edge_quantile: float = 0.9, cc_iterations: int = 12) -> Array:
+    """Fitting mode of eps_cons (spec 7, step 4): D' with (a, b) per component solved by least squares so that
+    a D* + b matches `prediction`; averaged over patches, edge pixels keep D*. Returns D' (input layout). Jittable.
+    """
+    d, restore = edges.as_maps(depth, "fit_local_inconsistency depth")
+    p, _ = edges.as_maps(prediction, "fit_local_inconsistency prediction")
+    if p.shape != d.shape:
+        raise UserError(f"fit_local_inconsistency: prediction and depth must have one shape, got "
+                        f"{tuple(p.shape)} and {tuple(d.shape)}")
+    patch, stride = _check_patch(patch, stride, d.shape[-2:])
+    return restore(_fit_local_batch(d, p, patch, stride, float(edge_quantile), int(cc_iterations)))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _fit_local_batch(d, p, patch, stride, q, iterations):
+    d = _fill_nonfinite(d.astype(jnp.float32))
+    p = _fill_nonfinite(p.astype(jnp.float32))
+
+    def one(x: Array, y: Array) -> Array:
+        nonedge = ~_edges3(x[None], q)[0]
+        phases = _phase_labels(nonedge, patch, stride, iterations)
+        h, w = x.shape
+        acc = jnp.zeros_like(x)
+        for lab, pt, pl in phases:
+            hp, wp = lab.shape
+            lab = lab[pt:pt + h, pl:pl + w].ravel()
+            nseg = hp * wp + 1
+
+            def ssum(v):
+                return jax.ops.segment_sum(v.ravel(), lab, num_segments=nseg)
+
+            n = ssum(jnp.ones_like(x))
+            mx, my = ssum(x) / jnp.maximum(n, 1), ssum(y) / jnp.maximum(n, 1)
+            sxx = ssum(x * x) - n * mx * mx
+            sxy = ssum(x * y) - n * mx * my
+            a = jnp.where(sxx > 1e-12 * jnp.maximum(n, 1), sxy / jnp.where(sxx > 0, sxx, 1.0), 1.0)
+            # a component too flat to fit a scale gets a = 1 and the mean offset
+            a = jnp.where(sxx > 1e-12 * jnp.maximum(n, 1), a, 1.0)
+            b = my - a * mx
+            acc = acc + (a[lab] * x.ravel() + b[lab]).reshape(h, w)
+        return jnp.where(nonedge, acc / len(phases), x)
+
+    return jax.vmap(one)(d, p)
+
+
+# ----------------------------------------------------------------------------------------------------
+# edge deformation noise
+
+
+def render_bumps(hw: Sequence[int], centers: Array, amplitudes: Array, sigmas: Array, radius: int) -> Array:
+    """Sum_k A_k exp(-|p - mu_k|^2 / (2 sigma_k^2)) on an (H, W) grid, each bump in a (2r+1)^2 window.
+
+    centers (K, 2) float (row, col), amplitudes (K,), sigmas (K,). Differentiable in all three (the window is
+    placed at the rounded centre, without gradient). Jittable; `hw` and `radius` static.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    r = int(radius)
+    mu = jnp.stack([jnp.clip(centers[:, 0], 0, h - 1), jnp.clip(centers[:, 1], 0, w - 1)], -1)
+    c = jnp.round(jax.lax.stop_gradient(mu)).astype(jnp.int32)  # (K, 2)
+    off = jnp.arange(-r, r + 1)
+    py = c[:, 0, None, None] + off[None, :, None]  # (K, 2r+1, 1)
+    px = c[:, 1, None, None] + off[None, None, :]  # (K, 1, 2r+1)
+    d2 = (py - mu[:, 0, None, None]) ** 2 + (px - mu[:, 1, None, None]) ** 2
+    val = amplitudes[:, None, None] * jnp.exp(-d2 / (2.0 * sigmas[:, None, None] ** 2))
+    canvas = jnp.zeros((h + 2 * r, w + 2 * r), val.dtype)
+    py_b = jnp.broadcast_to(py + r, val.shape)
+    px_b = jnp.broadcast_to(px + r, val.shape)
+    canvas = canvas.at[py_b.ravel(), px_b.ravel()].add(val.ravel())
+    return canvas[r:r + h, r:r + w]
+
+
+def _edge_band(nonedge_edges: Array, band: int) -> Array:
+    """Edges (H, W) dilated by `band` pixels (square structuring element)."""
+    if band <= 0:
+        return nonedge_edges
+    x = nonedge_edges.astype(jnp.float32)[None, :, :, None]
+    y = jax.lax.reduce_window(x, 0.0, jax.lax.max, (1, 2 * band + 1, 2 * band + 1, 1), (1, 1, 1, 1), "SAME")
+    return y[0, :, :, 0] > 0
+
+
+def _sample_bumps(key, band: Array, num: int, amp: float, sigma_range: Sequence[float]):
+    h, w = band.shape
+    kc, kj, ka, ks = jax.random.split(key, 4)
+    wts = band.ravel().astype(jnp.float32)
+    has = jnp.sum(wts) > 0
+    p = jnp.where(has, wts / jnp.maximum(jnp.sum(wts), 1.0), 1.0 / wts.shape[0])
+    idx = jax.random.choice(kc, h * w, (num,), p=p)
+    centers = jnp.stack([idx // w, idx % w], -1).astype(jnp.float32)
+    centers = centers + jax.random.uniform(kj, (num, 2), minval=-0.5, maxval=0.5)
+    amps = amp * jax.random.uniform(ka, (num,), minval=-1.0, maxval=1.0) * has
+    sig = jax.random.uniform(ks, (num,), minval=float(sigma_range[0]), maxval=float(sigma_range[1]))
+    return centers, amps, sig
+
+
+def _radius(sigma_range: Sequence[float]) -> int:
+    lo, hi = float(sigma_range[0]), float(sigma_range[1])
+    if not 0 < lo <= hi:
+        raise UserError(f"sigma_range: expected 0 < min <= max, got {tuple(sigma_range)}")
+    return int(math.ceil(4.0 * hi))
+
+
+def edge_deformation_noise(depth, key, down_size: int | None = None, num_bumps: int = 64, amplitude: float = 0.05,
+                           sigma_range: Sequence[float] = (1.0, 3.0), band: int = 2,
+                           edge_quantile: float = 0.9) -> Array:
+    """eps_edge = D_r + sum of bumps - D* in synthesis mode (spec 7). Jittable; one key, split per map.
+
+    down_size: the predictor's inference resolution; D_r = D* resized (linear, antialiased) to
+    (down_size, down_size) and back (None: D_r = D*). num_bumps: K. amplitude: A_k ~ U(-1, 1) amplitude range(D*).
+    sigma_range: sigma_k ~ U(min, max) pixels. band: centres are drawn uniformly from the edge pixels of D*
+    dilated by `band` pixels, plus U(-0.5, 0.5) jitter (no edges: no bumps).
+    """
+    d, restore = edges.as_maps(depth, "edge_deformation_noise depth")
+    radius = _radius(sigma_range)
+    sr = (float(sigma_range[0]), float(sigma_range[1]))
+    return restore(_edge_deformation_batch(d, key, None if down_size is None else int(down_size), int(num_bumps),
+                                           float(amplitude), sr, int(band), float(edge_quantile), radius))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
+def _edge_deformation_batch(d, key, down_size, num_bumps, amplitude, sigma_range, band, edge_quantile, radius):
+    d = _fill_nonfinite(d.astype(jnp.float32))
+    h, w = d.shape[-2:]
+    dr = d if down_size is None else _resize(_resize(d, (down_size, down_size)), (h, w))
+    emap = _edges3(d, float(edge_quantile))
+    keys = jax.random.split(key, d.shape[0])
+
+    def bumps(x, e, k):
+        c, a, s = _sample_bumps(k, _edge_band(e, band), num_bumps, amplitude * (jnp.max(x) - jnp.min(x)),
+                                sigma_range)
+        return render_bumps((h, w), c, a, s, radius)
+
+    return dr + jax.vmap(bumps)(d, emap, keys) - d
+
+
+def psnr(x, y) -> float:
+    """PSNR in dB of x against reference y, peak = range(y)."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    mse = np.mean((x - y) ** 2)
+    peak = float(y.max() - y.min()) or 1.0
+    return float("inf") if mse == 0 else float(10.0 * np.log10(peak ** 2 / mse))
+
+
+def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, num_bumps: int = 256,
+                         sigma_range: Sequence[float] = (0.5, 4.0), steps: int = 300, learning_rate: float = 0.05,
+                         band: int = 2, edge_quantile: float = 0.9, align: bool = True) -> dict:
+    """Fitting mode of eps_edge (spec 7): bumps (A, mu, sigma) fitted by Adam so that D_r + bumps ~ prediction.
+
+    prediction, depth: (H, W) maps (host or device arrays; one image). `align`: first map the prediction to
+    D*'s scale by least squares (predictions are relative). Centres start at band pixels drawn with probability
+    proportional to the residual |prediction - D_r|, amplitudes at the residual there, sigma at the mid-range.
+    Returns {"centers" (K, 2), "amplitudes" (K,), "sigmas" (K,), "fitted" (H, W), "target" (H, W),
+    "psnr_before" (D_r vs target), "psnr" (fit vs target), "losses" (steps,)}. The paper fits K = 50,000 bumps
+    and reports PSNR > 40 dB on Middlebury2021; the defaults here are for small maps.
+    """
+    d = jnp.asarray(depth, jnp.float32)
+    p = jnp.asarray(prediction, jnp.float32)
+    if d.ndim != 2 or p.shape != d.shape:
+        raise UserError(f"fit_edge_deformation: expected two (H, W) maps of one shape, got "
+                        f"{tuple(p.shape)} and {tuple(d.shape)}")
+    if int(steps) < 1 or int(num_bumps) < 1:
+        raise UserError(f"fit_edge_deformation: steps and num_bumps must be >= 1, got {steps} and {num_bumps}")
+    d = _fill_nonfinite(d[None])[0]
+    p = _fill_nonfinite(p[None])[0]
+    h, w = d.shape
+    if align:
+        pc, dc = p - jnp.mean(p), d - jnp.mean(d)
+        a = jnp.sum(pc * dc) / jnp.maximum(jnp.sum(pc * pc), 1e-12)
+        p = a * pc + jnp.mean(d)
+    dr = d if down_size is None else _resize(_resize(d[None], (down_size, down_size)), (h, w))[0]
+    resid = p - dr
+    bnd = _edge_band(_edges3(d[None], float(edge_quantile))[0], int(band))
+    wts = (bnd * jnp.abs(resid)).ravel()
+    wts = jnp.where(jnp.sum(wts) > 0, wts, jnp.ones_like(wts))
+    idx = jax.random.choice(key, h * w, (int(num_bumps),), p=wts / jnp.sum(wts))
+    lo, hi = float(sigma_range[0]), float(sigma_range[1])
+    radius = _radius(sigma_range)
+    params = {"mu": jnp.stack([idx // w, idx % w], -1).astype(jnp.float32),
+              "amp": resid.ravel()[idx] / 2.0,
+              "raw_sigma": jnp.zeros((int(num_bumps),), jnp.float32)}
+
+    def model(pr):
+        sig = lo + (hi - lo) * jax.nn.sigmoid(pr["raw_sigma"])
+        return dr + render_bumps((h, w), pr["mu"], pr["amp"], sig, radius), sig
+
+    def loss_fn(pr):
+        return jnp.mean((model(pr)[0] - p) ** 2)
+
+    opt = optax.adam(float(learning_rate))
+
+    @jax.jit
+    def run(pr):
+        def body(carry, _):
+            pr, st = carry
+            val, g = jax.value_and_grad(loss_fn)(pr)
+            upd, st = opt.update(g, st, pr)
+            return (optax.apply_updates(pr, upd), st), val
+
+        (pr, _), vals = jax.lax.scan(body, (pr, opt.init(pr)), None, length=int(steps))
+        return pr, vals
+
+    params, vals = run(params)
+    fitted, sig = model(params)
+    return {"centers": np.asarray(params["mu"]), "amplitudes": np.asarray(params["amp"]), "sigmas": np.asarray(sig),
+            "fitted": np.asarray(fitted), "target": np.asarray(p), "psnr_before": psnr(dr, p),
+            "psnr": psnr(fitted, p), "losses": np.asarray(vals)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the simulated predictor
+
+
+def inconsistency_level(size: int, train_res: int, level_cap: float = 3.0) -> float:
+    """How locally inconsistent a predictor trained at `train_res` is when run at `size`: clip(size/train_res - 1, 0, cap)."""
+    return float(min(max(size / train_res - 1.0, 0.0), level_cap))
+
+
+def simulated_predict(gt, size: int, key, train_res: int = 448, detail_ratio: float = 1.0, k_a: float = 0.15,
+                      k_b: float = 0.08, level_cap: float = 3.0, patch_ratio: float = 1.0,
+                      edge_quantile: float = 0.9, cc_iterations: int = 12, num_bumps: int = 32,
+                      bump_amplitude: float = 0.03, bump_sigma: Sequence[float] = (1.0, 3.0),
+                      bump_band: int = 2) -> Array:
+    """A simulated base predictor trained at `train_res`, run on the (square-resized) image at `size`.
+
+    gt: ground-truth depth (B, H, W, 1) or (H, W); returns (B, size, size, 1) (or (size, size)), min-max
+    normalised to [0, 1] per image, in depth space (like LeReS). Jittable (`size` static). Model:
+    1. D* = gt resized to size x size (linear, antialiased): what the predictor can see.
+    2. Blur: spec 7's down/up sampling at the inference resolution is step 1 plus the final resize back to the
+       image size by the caller; `detail_ratio` < 1 adds a decoder that resolves only that fraction of its
+       input (D* resized to round(size * detail_ratio) and back). Default 1.0.
+    3. Local inconsistency (spec 7) with level L = clip(size / train_res - 1, 0, level_cap): k_a L, k_b L, patches
+       of round(patch_ratio * train_res) pixels (the receptive field of a predictor trained at train_res; clipped to
+       size), edges of D* keep their value. Zero at size <= train_res: a predictor is globally consistent at its
+       training resolution and locally inconsistent above it, more so the larger size is.
+    4. Mild edge deformation: `num_bumps` Gaussian bumps near the edges of D*, amplitude
+       U(-1, 1) * bump_amplitude * range, sigma ~ U(bump_sigma) pixels.
+    The sharper / less consistent trade-off therefore follows size / train_res. All numbers are our choices.
+    """
+    d, _ = edges.as_maps(gt, "simulated_predict gt")
+    size = int(size)
+    if size < 8:
+        raise UserError(f"simulated_predict size: expected >= 8, got {size}")
+    if int(train_res) < 1:
+        raise UserError(f"simulated_predict train_res: expected >= 1, got {train_res}")
+    _radius(bump_sigma)
+    out = _simulated_predict_maps(d, key, size, int(train_res), float(detail_ratio), float(k_a), float(k_b),
+                                  float(level_cap), float(patch_ratio), float(edge_quantile), int(cc_iterations),
+                                  int(num_bumps), float(bump_amplitude),
+                                  (float(bump_sigma[0]), float(bump_sigma[1])), int(bump_band))
+    return out[0] if jnp.ndim(gt) == 2 else (out[..., None] if jnp.ndim(gt) == 4 else out)
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(2, 15)))
+def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio, edge_quantile,
+                            cc_iterations, num_bumps, bump_amplitude, bump_sigma, bump_band):
+    d = _fill_nonfinite(d.astype(jnp.float32))
+    kc, ke = jax.random.split(key)
+    ds = _resize(d, (size, size))
+    det = max(2, int(round(size * detail_ratio)))
+    out = _resize(_resize(ds, (det, det)), (size, size)) if det < size else ds
+    level = inconsistency_level(size, train_res, level_cap)
+    if level > 0:
+        patch = max(4, min(size, int(round(patch_ratio * train_res))))
+        patch -= patch % 2
+        out = out + local_inconsistency_noise(ds, kc, k_a * level, k_b * level, patch, patch // 2, edge_quantile,
+                                              cc_iterations)
+    if num_bumps > 0 and bump_amplitude > 0:
+        out = out + edge_deformation_noise(ds, ke, None, num_bumps, bump_amplitude, bump_sigma, bump_band,
+                                           edge_quantile)
+    return _minmax(out)
+
+
+def simulate_prediction(gt, key, low_res: int | None = None, high_res: int | None = None,
+                        train_res: int | None = None, **kwargs) -> tuple[Array, Array]:
+    """(low, high) simulated base predictions of ground truth `gt`, both at gt's size, min-max normalised to [0, 1].
+
+    gt: (B, H, W, 1) or (H, W) (also (B, H, W)). low = `simulated_predict` at `low_res` (default max(8, H // 4),
+    with train_res = low_res by default: blurry, globally consistent, mildly deformed edges); high = at
+    `high_res` (default H: sharp, locally inconsistent at level high_res / train_res - 1, capped at 3). Each is
+    resized back to (H, W) (linear) and min-max normalised. kwargs go to `simulated_predict`. Jittable.
+    """
+    d, restore = edges.as_maps(gt, "simulate_prediction gt")
+    h, w = d.shape[-2:]
+    low_res = max(8, h // 4) if low_res is None else int(low_res)
+    high_res = h if high_res is None else int(high_res)
+    train_res = low_res if train_res is None else int(train_res)
+    kl, kh = jax.random.split(key)
+    low = simulated_predict(d, low_res, kl, train_res=train_res, **kwargs)
+    high = simulated_predict(d, high_res, kh, train_res=train_res, **kwargs)
+    low = _minmax(_resize(low, (h, w)) if (low_res, low_res) != (h, w) else low)
+    high = _minmax(_resize(high, (h, w)) if (high_res, high_res) != (h, w) else high)
+    return restore(low), restore(high)

@@ -1,0 +1,245 @@
+"""Training: optimizer and schedules, the non-finite guard, pmap vs shard_map, and the real program on
+`configs/synthetic.py:tiny` (loss falls; SIGKILL + resume is bit-identical; nothing half-written)."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from sddr_jax import train as T
+from sddr_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ a tiny model and loss
+class TinyNet(nn.Module):
+    """Stands in for the Refiner: (low, high) -> map, with dropout to exercise the per-device rng."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, low, high, train=False):
+        x = jnp.concatenate([low, high], -1)
+        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        x = nn.Dropout(self.rate, deterministic=not train)(x)
+        return nn.Conv(1, (3, 3))(x)
+
+
+def mse_loss(outputs, batch, labels, config):
+    target = batch["depth"] if labels is None else labels["edge"]
+    loss = jnp.mean((outputs - target) ** 2)
+    return loss, {"mse": loss}
+
+
+def _opt_config(**kw):
+    base = dict(name="adamw", learning_rate=1e-2, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, schedule="step",
+                decay_steps=100, decay_rate=0.99, warmup_steps=0, end_factor=0.0, grad_clip_norm=0.0,
+                skip_nonfinite=True)
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
+def _batch(n=16, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.random((n, size, size, 1), dtype=np.float32) for k in ("low", "high", "depth")}
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+def test_adamw_first_step_matches_closed_form():
+    # Step 1 of AdamW: m_hat = g, v_hat = g^2, so p <- p - lr (g / (|g| + eps) + wd p) (decoupled decay).
+    tx = T.make_optimizer(_opt_config(learning_rate=0.1, skip_nonfinite=False), 10)
+    p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+    g = {"w": jnp.asarray([0.5, 0.25, -4.0])}
+    updates, _ = tx.update(g, tx.init(p), p)
+    want = -0.1 * (np.asarray(g["w"]) / (np.abs(np.asarray(g["w"])) + 1e-8) + 0.01 * np.asarray(p["w"]))
+    # float32: 1 - 0.999 and the bias corrections round at ~1e-5 relative.
+    np.testing.assert_allclose(np.asarray(updates["w"]), want, rtol=2e-5)
+
+
+def test_schedules():
+    step = T.make_schedule(_opt_config(learning_rate=1e-4), 1000)
+    for n in (0, 99, 100, 250, 1000):
+        np.testing.assert_allclose(float(step(n)), 1e-4 * 0.99 ** (n // 100), rtol=1e-6)
+    cos = T.make_schedule(_opt_config(learning_rate=1e-4, schedule="cosine", warmup_steps=10), 110)
+    np.testing.assert_allclose([float(cos(0)), float(cos(10)), float(cos(60)), float(cos(110))],
+                               [0.0, 1e-4, 0.5e-4, 0.0], atol=1e-10)
+    with pytest.raises(UserError, match="optimizer.schedule"):
+        T.make_schedule(_opt_config(schedule="linear"), 10)
+    with pytest.raises(UserError, match="optimizer.name"):
+        T.make_optimizer(_opt_config(name="sgd"), 10)
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+    tx = T.make_optimizer(_opt_config(grad_clip_norm=1.0), 10)
+    p = {"w": jnp.ones(3)}
+    s = tx.init(p)
+    u, s = tx.update({"w": jnp.asarray([1.0, jnp.nan, 0.0])}, s, p)
+    np.testing.assert_array_equal(np.asarray(u["w"]), 0.0)
+    assert T.nonfinite_counts(s) == (1, 1)
+    u, s = tx.update({"w": jnp.asarray([1.0, 1.0, 0.0])}, s, p)
+    assert np.all(np.isfinite(np.asarray(u["w"]))) and np.any(np.asarray(u["w"]) != 0)
+    assert T.nonfinite_counts(s) == (0, 1)
+
+
+# ------------------------------------------------------------------------------------- parallelism
+def _run(mode, rate, steps=4, batch=None, donate_check=False):
+    model = TinyNet(rate)
+    batch = _batch() if batch is None else batch
+    params = model.init(jax.random.PRNGKey(0), batch["low"][:1], batch["high"][:1])["params"]
+    tx = T.make_optimizer(_opt_config(grad_clip_norm=1.0), steps)
+    placement = T.Placement(mode)
+    state = placement.replicate(T.create_train_state(params, tx, 0))
+    step = T.make_train_step(model.apply, mse_loss, None, tx, parallel=mode, mesh=placement.mesh)
+    losses = []
+    for _ in range(steps):
+        old = state
+        state, metrics = step(state, placement.shard(batch))
+        losses.append(placement.metrics(metrics)["loss"])
+        if donate_check:
+            assert jax.tree.leaves(old.params)[0].is_deleted()  # the state's buffers were donated
+    return placement.unreplicate(state.params), losses, placement.unreplicate(state.step)
+
+
+def test_pmap_and_shard_map_agree_on_8_devices():
+    assert jax.device_count() == 8
+    p_pmap, l_pmap, s_pmap = _run("pmap", 0.3, donate_check=True)
+    p_smap, l_smap, s_smap = _run("shard_map", 0.3, donate_check=True)
+    assert int(s_pmap) == int(s_smap) == 4
+    np.testing.assert_allclose(l_pmap, l_smap, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p_pmap), jax.tree.leaves(p_smap)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert l_pmap[-1] < l_pmap[0]
+
+
+def test_data_parallel_equals_one_device_full_batch():
+    # With equal per-device shares, the pmean of per-device gradients is the full-batch gradient.
+    batch = _batch()
+    p_par, losses, _ = _run("pmap", 0.0, steps=3, batch=batch)
+    model = TinyNet(0.0)
+    params = model.init(jax.random.PRNGKey(0), batch["low"][:1], batch["high"][:1])["params"]
+    tx = T.make_optimizer(_opt_config(grad_clip_norm=1.0), 3)
+    opt = tx.init(params)
+    for _ in range(3):
+        g = jax.grad(lambda p: mse_loss(model.apply({"params": p}, batch["low"], batch["high"]), batch, None, None)[0])(params)
+        u, opt = tx.update(g, opt, params)
+        params = optax.apply_updates(params, u)
+    for a, b in zip(jax.tree.leaves(p_par), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-6)
+
+
+def test_placement_round_trips():
+    for mode in T.PARALLEL_MODES:
+        pl = T.Placement(mode)
+        tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.int32(7)}
+        back = pl.unreplicate(pl.replicate(tree))
+        np.testing.assert_array_equal(back["a"], tree["a"])
+        assert int(back["b"]) == 7
+        b = _batch(16)
+        np.testing.assert_array_equal(pl.gather(pl.shard(b)["low"]), b["low"])
+        with pytest.raises(UserError, match="do not split over 8 local devices"):
+            pl.shard(_batch(12))
+    with pytest.raises(UserError, match="train.parallel"):
+        T.Placement("pjit")
+
+
+def test_load_config_overrides(tmp_path):
+    c = T.load_config(str(REPO / "configs/synthetic.py") + ":tiny,gt_only",
+                      ["--config.train.num_steps=9", "optimizer.learning_rate=1", "labels.schedule=[[2, 0.2]]"])
+    assert c.train.num_steps == 9 and c.train.gt_only_steps == 6 and c.optimizer.learning_rate == 1.0
+    assert c.data.image_size == 128 and c.labels.schedule == ((2, 0.2),)
+    with pytest.raises(UserError, match="train.nope is not a key"):
+        T.load_config(str(REPO / "configs/synthetic.py"), ["train.nope=1"])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        T.load_config(str(tmp_path / "missing.py"))
+    p = T.load_config(str(REPO / "configs/paper.py"))
+    assert (p.data.image_size, p.data.batch_size, p.optimizer.learning_rate, p.loss.w_grad, p.loss.w_mask) == (
+        2048, 2, 1e-4, 0.5, 0.1)
+    q = T.load_config(str(REPO / "configs/paper.py") + ":paper_loss")
+    assert (q.loss.name, q.loss.lambda_grad, q.loss.lambda_fusion) == ("paper", 0.5, 0.1)
+
+
+# ----------------------------------------------------------------------- the real program (subprocess)
+def _train_cmd(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "sddr_jax", "train", "--config", str(REPO / "configs/synthetic.py") + ":tiny",
+            "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    """Environment for subprocess runs: 8 CPU devices (inherited from conftest), one shared persistent
+    compilation cache (the runs compile the same programs once), and the built `tiny` dataset."""
+    root = tmp_path_factory.mktemp("train_tiny")
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax_cache"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    data_dir = os.environ.get("SDDR_JAX_TEST_DATA_DIR") or str(root / "data")
+    return env, data_dir, root
+
+
+def _params(workdir):
+    from sddr_jax import checkpointing
+
+    return checkpointing.load_params(workdir)
+
+
+@pytest.mark.slow
+def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
+    env, data_dir, root = tiny_env
+    # 1. The uninterrupted run (it also builds the dataset and fills the compilation cache).
+    a = root / "a"
+    r = subprocess.run(_train_cmd(a, data_dir), env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (a / "train.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in log] == [1, 2, 3, 4, 5, 6]
+    assert [rec["phase"] for rec in log] == [1, 1, 1, 2, 2, 2]
+    # The loss falls during phase 1 (L_gt only; later phases add terms).
+    assert log[2]["l_gt"] < log[0]["l_gt"]
+    assert log[3]["l_local"] > 0 and all(np.isfinite(rec["loss"]) for rec in log)
+    result = json.loads((a / "result.json").read_text())
+    assert set(result["eval"]) == {"refined", "low", "high"}
+    assert 0 < result["eval"]["refined"]["delta1"] <= 1
+
+    # 2. The same run, killed with SIGKILL as soon as the step-4 checkpoint starts being written.
+    b = root / "b"
+    proc = subprocess.Popen(_train_cmd(b, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        ck = b / "checkpoints"
+        if ck.is_dir() and any(p.name.startswith("4") for p in ck.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Nothing half-written: every step directory is either finalised or an Orbax temporary directory,
+    # and every JSON line is whole or is the one cut short (the resume drops it).
+    for p in (b / "checkpoints").iterdir():
+        assert p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists() or ".orbax-checkpoint-tmp" in p.name, p
+    # 3. Resume: ends bit-identical to the uninterrupted run.
+    r = subprocess.run(_train_cmd(b, data_dir), env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not [p for p in (b / "checkpoints").iterdir() if "tmp" in p.name]
+    pa, sa = _params(a)
+    pb, sb = _params(b)
+    assert sa == sb == 6
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(x, y)
+    log_b = [json.loads(line) for line in (b / "train.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in log_b] == [1, 2, 3, 4, 5, 6]
+    assert [rec["loss"] for rec in log_b] == [rec["loss"] for rec in log]
+    # 4. An incompatible config is refused with a clear message (exit code 2).
+    r = subprocess.run(_train_cmd(b, data_dir, "--config.model.cross_iterations=3"), env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2
+    assert "incompatible config (model.cross_iterations: checkpoint 2, config 3)" in r.stderr
