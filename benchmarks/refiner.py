@@ -98,13 +98,9 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
 
 
 def build_torch_fusenet():
-    import math
-
     import torch
     from torch import nn
     from torch.nn import functional as F
-
-    C = [8, 16, 32, 32, 64, 160, 256]
 
     class BasicBlock(nn.Module):
         def __init__(self, cin, c):
@@ -299,14 +295,15 @@ def build_torch_fusenet():
                 r = getattr(d, f"layer_{k}")(x)
             return r, out_half, out_quart, masks[5], masks[6]
 
-    del math
     return FuseNet()
 
 
-def torch_worker(size: int, runs: int, check: bool) -> dict:
+def torch_worker(size: int, runs: int, check: bool, threads: int | None = None) -> dict:
     import numpy as np
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     official_state, low, high = _inputs(size)
     net = build_torch_fusenet().eval()
     sd = {k: torch.from_numpy(v) for k, v in official_state.official_state_dict(0).items()}
@@ -364,6 +361,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     ap.add_argument("--check-torch", action="store_true", help="check the PyTorch port against the stored outputs")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -374,13 +372,15 @@ def main(argv=None) -> int:
         print(json.dumps(jax_worker(args.size, args.dtype, args.runs)))
         return 0
     if args.worker == "torch":
-        print(json.dumps(torch_worker(args.size, args.runs, args.check_torch)))
+        print(json.dumps(torch_worker(args.size, args.runs, args.check_torch, args.torch_threads)))
         return 0
 
     results = []
     for size in args.sizes:
         if not args.no_torch:
             extra = ["--check-torch"] if args.check_torch else []
+            if args.torch_threads:
+                extra += ["--torch-threads", str(args.torch_threads)]
             results.append(_spawn(["torch", "--size", str(size), "--runs", str(args.runs)] + extra))
         for dt in args.dtypes:
             results.append(_spawn(["jax", "--size", str(size), "--dtype", dt, "--runs", str(args.runs)]))

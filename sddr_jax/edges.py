@@ -1,4 +1,5 @@
-"""Edge representation: the Sobel magnitude G, percentile masks and the paper's edge-dense regions P_n (spec 6).
+"""Edge representation: the Sobel magnitude G, percentile masks and the paper's edge-dense regions P_n (spec
+6).
 
 Layout convention shared by every public function here (the "map convention"):
 
@@ -20,7 +21,7 @@ Array = jax.Array
 
 
 def as_maps(x, name: str) -> tuple[Array, Callable[[Array], Array]]:
-    """`x` in the map convention -> (maps `(N, H, W)`, function restoring an `(N, H, W)` array to x's layout)."""
+    """`x` in the map convention -> (maps `(N, H, W)`, function restoring `(N, H, W)` to x's layout)."""
     x = jnp.asarray(x)
     if x.ndim == 4:
         if x.shape[-1] != 1:
@@ -36,8 +37,9 @@ def as_maps(x, name: str) -> tuple[Array, Callable[[Array], Array]]:
 def sobel_abs(depth) -> Array:
     """G(D) = |K1 * D| + |K2 * D| with 3x3 Sobel kernels, cross-correlation, zero padding 1 (spec 6).
 
-    K1 = [[-1,-2,-1],[0,0,0],[1,2,1]] (vertical derivative), K2 = K1^T (horizontal). This is the operator of the
-    official local-gradient loss. `depth`: (H, W), (B, H, W) or (B, H, W, 1); the result has the same shape.
+    K1 = [[-1,-2,-1],[0,0,0],[1,2,1]] (vertical derivative), K2 = K1^T (horizontal). This is the operator of
+    the official local-gradient loss. `depth`: (H, W), (B, H, W) or (B, H, W, 1); the result has the same
+    shape.
     """
     d, restore = as_maps(depth, "sobel_abs depth")
     d = d.astype(jnp.promote_types(d.dtype, jnp.float32))
@@ -91,7 +93,8 @@ def mask_flat(label, q: float = 0.15) -> Array:
 def _kmeans_regions(top: Array, num_regions: int, margin: int, iterations: int, key) -> Array:
     """Regions P_n of one binary map `top` (H, W): weighted k-means on the coordinates of its 1-pixels."""
     h, w = top.shape
-    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                              indexing="ij")
     pts = jnp.stack([rows.ravel(), cols.ravel()], axis=-1)  # (P, 2)
     wts = top.ravel().astype(jnp.float32)
     count = jnp.sum(wts)

@@ -1,14 +1,16 @@
-"""Losses (spec 8): shared pieces, the `official` and `paper` composite losses, the edge-guided ranking loss, registry.
+"""Losses (spec 8): shared pieces, the `official` and `paper` composite losses, the edge-guided ranking
+loss, registry.
 
 Shared pieces work on maps `(B, H, W)` or NHWC `(B, H, W, 1)` (a 2-D `(H, W)` map is one image):
 `robust_normalize` (nu), `data_term`, `gradient_matching`, `ssi_loss`, `ranking_loss`.
 
 Composite losses are pure functions `loss_fn(outputs, batch, labels, config) -> (scalar, aux)`:
 
-* `outputs`: any object with attributes `refined (B,S,S,1)`, `out_half (B,S/2,S/2,1)`, `out_quart (B,S/4,S/4,1)`,
-  `mask_quart (B,S/4,S/4,1)` (= m5) and `mask_half (B,S/2,S/2,1)` (= m6), e.g. the Refiner's `RefinerOutput`;
-* `batch`: dict with `rgb (B,S,S,3)`, `low`, `high`, `depth (B,S,S,1)`, `valid (B,S,S,1) bool` (optionally `rng`,
-  a PRNG key used by the ranking loss);
+* `outputs`: any object with attributes `refined (B,S,S,1)`, `out_half (B,S/2,S/2,1)`, `out_quart
+  (B,S/4,S/4,1)`, `mask_quart (B,S/4,S/4,1)` (= m5) and `mask_half (B,S/2,S/2,1)` (= m6), e.g. the Refiner's
+  `RefinerOutput`;
+* `batch`: dict with `rgb (B,S,S,3)`, `low`, `high`, `depth (B,S,S,1)`, `valid (B,S,S,1) bool` (optionally
+  `rng`, a PRNG key used by the ranking loss);
 * `labels`: dict with `edge (B,S,S,1)` (= G_S), `mask_edge`, `mask_flat` (B,S,S,1) bool, `regions` (B,N_g,S,S)
   bool; or None (first self-distillation phase): the composite then returns L_gt only;
 * `config`: `ml_collections.ConfigDict` or mapping; `default_loss_config(name)` gives every field with the
@@ -78,7 +80,8 @@ def _cfg(config, name: str):
         items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         unknown = set(items) - set(out)
         if unknown:
-            raise UserError(f"loss config for {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(out)}")
+            raise UserError(f"loss config for {name!r}: unknown field(s) {sorted(unknown)}; "
+                            f"known: {sorted(out)}")
         out.update(items)
     return out
 
@@ -120,7 +123,8 @@ def robust_normalize(x, mask, median_includes_masked_zeros: bool = True) -> Arra
     xm, restore = edges.as_maps(x, "robust_normalize x")
     mm = _maps3(mask, "robust_normalize mask")
     if xm.shape != mm.shape:
-        raise UserError(f"robust_normalize: x and mask must have one shape, got {tuple(xm.shape)} and {tuple(mm.shape)}")
+        raise UserError(f"robust_normalize: x and mask must have one shape, got {tuple(xm.shape)} and "
+                        f"{tuple(mm.shape)}")
     return restore(_robust_normalize(xm.astype(jnp.float32), mm.astype(bool), median_includes_masked_zeros))
 
 
@@ -231,7 +235,8 @@ def _valid_xcorr3(x: Array, k) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("sigma", "alpha", "mask_value", "legacy_anchor_column_bug"))
-def ranking_loss_single(pred: Array, target: Array, image: Array, key, sigma: float = 0.03, alpha: float = 1.0,
+def ranking_loss_single(pred: Array, target: Array, image: Array, key, sigma: float = 0.03,
+                        alpha: float = 1.0,
                         mask_value: float = 0.1, legacy_anchor_column_bug: bool = False) -> Array:
     """Edge-guided ranking loss of one image: pred, target, image (H, W) (image = the guide's first channel).
 
@@ -339,11 +344,12 @@ def _check_labels(labels, shape, need=("edge", "mask_edge", "mask_flat")) -> Non
         if k not in labels:
             raise UserError(f"loss labels: missing key {k!r} (expected edge, mask_edge, mask_flat, regions)")
         if tuple(labels[k].shape) != tuple(shape):
-            raise UserError(f"loss labels[{k!r}]: expected shape {tuple(shape)}, got {tuple(labels[k].shape)}")
+            raise UserError(f"loss labels[{k!r}]: expected shape {tuple(shape)}, "
+                            f"got {tuple(labels[k].shape)}")
 
 
 def gt_loss(outputs, batch, c: Mapping, side_outputs: bool = True) -> Array:
-    """L_gt = sum over outputs of w_ssi * l_ssi(o, GT down, M_gt down; alpha) (GT and mask by PyTorch nearest)."""
+    """L_gt = sum over outputs of w_ssi l_ssi(o, GT down, M_gt down; alpha) (GT, mask by PyTorch nearest)."""
     depth = batch["depth"].astype(jnp.float32)
     valid = batch["valid"].astype(bool) & jnp.isfinite(depth)
     depth = jnp.where(valid, depth, 0.0)
@@ -363,10 +369,10 @@ def gt_loss(outputs, batch, c: Mapping, side_outputs: bool = True) -> Array:
 def soft_mask_loss(mask, edge_mask, flat_mask, q_low: float = 0.15, q_high: float = 0.85) -> Array:
     """Official soft-mask term E_m + F_m for one mask m (B, h, w, 1) (spec 8.2, item 2).
 
-    lo / hi = the values at indices floor(q_low N) / floor(q_high N) of the ascending sort of all mask values in
-    the batch; E = mean of m over edge pixels with m > lo (pushes m to 0 on edges), F = mean of (1 - m) over
-    flat pixels with m < hi (pushes m to 1 on flat areas). `edge_mask`/`flat_mask` are already at m's size.
-    An empty selection contributes 0.
+    lo / hi = the values at indices floor(q_low N) / floor(q_high N) of the ascending sort of all mask values
+    in the batch; E = mean of m over edge pixels with m > lo (pushes m to 0 on edges), F = mean of (1 - m)
+    over flat pixels with m < hi (pushes m to 1 on flat areas). `edge_mask`/`flat_mask` are already at m's
+    size. An empty selection contributes 0.
     """
     m = mask.astype(jnp.float32)
     flat = jnp.sort(jax.lax.stop_gradient(m).ravel())
@@ -429,8 +435,8 @@ def fusion_loss(mask, gs, a: float = 0.02, n_w: int = 4) -> Array:
     """Paper's L_fusion for one soft mask m (B, h, w, 1) with G_S already at m's size (spec 8.3).
 
     Omega = 1 - m. Per image: t_q = q-quantile of G_S, T_q = q-quantile of Omega; for n = 1..N_w, pixels with
-    G_S < t_{n a} add max(0, Omega - T_{n a}) and pixels with G_S > t_{1 - n a} add max(0, T_{1 - n a} - Omega);
-    divided by N_w N_p. Averaged over the batch.
+    G_S < t_{n a} add max(0, Omega - T_{n a}) and pixels with G_S > t_{1 - n a} add max(0, T_{1 - n a} -
+    Omega); divided by N_w N_p. Averaged over the batch.
     """
     om = 1.0 - _maps3(mask, "L_fusion mask").astype(jnp.float32)
     g = _maps3(gs, "L_fusion gs").astype(jnp.float32)
@@ -461,7 +467,7 @@ class _Outs(NamedTuple):
 
 
 def _composite_args(outputs, batch, labels, keys_batch, keys_labels):
-    """Duck-typed outputs -> a pytree; only the needed batch / label entries (so the inner jit sees arrays)."""
+    """Duck-typed outputs -> a pytree; only the needed batch / label entries (the inner jit sees arrays)."""
     o = _Outs(*(jnp.asarray(getattr(outputs, k)) for k in _Outs._fields))
     b = {k: batch[k] for k in keys_batch if k in batch}
     lab = None if labels is None else {k: labels[k] for k in keys_labels if k in labels}
@@ -469,7 +475,8 @@ def _composite_args(outputs, batch, labels, keys_batch, keys_labels):
 
 
 def _freeze(c: Mapping) -> tuple:
-    return tuple(sorted(c.items()))
+    """Config -> a hashable static argument (lists become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in c.items()))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -495,10 +502,11 @@ def official_config() -> ml_collections.ConfigDict:
 
 @register_loss("official", official_config)
 def official_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
-    """The official release's training loss (spec 8.2): L_gt + L_mask + w_grad (w_grad L_local + w_rank L_rank).
+    """The official release's training loss (spec 8.2).
 
-    With `labels=None`, L_gt only. With `square_grad_weight=False`: L_gt + L_mask + w_grad L_local + w_rank L_rank.
-    aux: l_gt, l_mask, l_local, l_rank, total.
+    Total = L_gt + L_mask + w_grad (w_grad L_local + w_rank L_rank); with `square_grad_weight=False`
+    L_gt + L_mask + w_grad L_local + w_rank L_rank. With `labels=None`, L_gt only.
+    aux: l_gt, l_mask, l_local, l_rank, total. Config values are static Python numbers / bools.
     """
     c = _cfg(config, "official")
     _check_batch(outputs, batch)
@@ -532,7 +540,8 @@ def _official_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
         target = jnp.where(batch["valid"].astype(bool) & jnp.isfinite(depth), depth, 0.0)
         img = batch["rgb"][..., 0]
         l_rank = _ranking_batch(outputs.refined[..., 0].astype(jnp.float32), target[..., 0], img,
-                                _batch_key(batch, c["rank_seed"]), float(c["rank_sigma"]), float(c["rank_alpha"]),
+                                _batch_key(batch, c["rank_seed"]), float(c["rank_sigma"]),
+                                float(c["rank_alpha"]),
                                 float(c["rank_mask_value"]), bool(c["legacy_anchor_column_bug"]))
     else:
         l_rank = zero
@@ -564,8 +573,9 @@ def paper_config() -> ml_collections.ConfigDict:
 
 @register_loss("paper", paper_config)
 def paper_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
-    """The paper's loss (spec 8.3): L_gt + lambda_grad L_grad + lambda_fusion L_fusion (L_gt only without labels).
+    """The paper's loss (spec 8.3): L_gt + lambda_grad L_grad + lambda_fusion L_fusion.
 
+    With `labels=None`, L_gt only.
     L_fusion sums the term over m5 and m6. aux: l_gt, l_grad, l_fusion, total.
     """
     c = _cfg(config, "paper")
@@ -576,7 +586,8 @@ def paper_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
             r = labels["regions"]
             b, s = outputs.refined.shape[0], outputs.refined.shape[1:3]
             if r.ndim != 4 or r.shape[0] != b or tuple(r.shape[2:]) != tuple(s):
-                raise UserError(f"loss labels['regions']: expected (B, N_g, S, S) = ({b}, N_g, {s[0]}, {s[1]}), "
+                raise UserError(f"loss labels['regions']: expected (B, N_g, S, S) = "
+                                f"({b}, N_g, {s[0]}, {s[1]}), "
                                 f"got {tuple(r.shape)}")
     args = _composite_args(outputs, batch, labels, ("depth", "valid"), ("edge", "regions"))
     return _paper_impl(*args, _freeze(c))
@@ -595,10 +606,12 @@ def _paper_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
     else:
         regions = edges.edge_regions(jax.lax.stop_gradient(gs), c["num_regions"], c["region_top_fraction"],
                                      c["region_margin"], c["region_iterations"])
-    l_grad = region_gradient_loss(edges.sobel_abs(outputs.refined), gs, regions, bool(c["beta_stop_gradient"]))
+    l_grad = region_gradient_loss(edges.sobel_abs(outputs.refined), gs, regions,
+                                  bool(c["beta_stop_gradient"]))
     gs_f = jnp.where(jnp.isfinite(gs), gs, 0.0)
     l_fusion = zero
     for m in (outputs.mask_quart, outputs.mask_half):
-        l_fusion = l_fusion + fusion_loss(m, resize_nearest(gs_f, m.shape[1:3]), c["fusion_a"], c["fusion_n_w"])
+        gs_m = resize_nearest(gs_f, m.shape[1:3])
+        l_fusion = l_fusion + fusion_loss(m, gs_m, c["fusion_a"], c["fusion_n_w"])
     total = l_gt + c["lambda_grad"] * l_grad + c["lambda_fusion"] * l_fusion
     return total, {"l_gt": l_gt, "l_grad": l_grad, "l_fusion": l_fusion, "total": total}

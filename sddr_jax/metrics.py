@@ -1,7 +1,9 @@
-"""Metrics and evaluation protocols (spec 9): depth accuracy, aggregation, ORD/D3R, ORD_rank, boundary F1, Middlebury GT.
+"""Metrics and evaluation protocols (spec 9): depth accuracy, aggregation, ORD/D3R, ORD_rank, boundary F1,
+Middlebury GT.
 
-* `depth_metrics` (jittable jnp, per image; `depth_metrics_batch` beside it): least-squares (or median) alignment,
-  then AbsRel, SqRel, RMSE, log10, delta1..3 on the valid pixels, as the official Middlebury script.
+* `depth_metrics` (jittable jnp, per image; `depth_metrics_batch` beside it): least-squares (or median)
+  alignment, then AbsRel, SqRel, RMSE, log10, delta1..3 on the valid pixels, as the official Middlebury
+  script.
 * `aggregate`: the official script's dataset mean (per-image values that are NaN or <= 0 are skipped).
 * `boost_edge_metrics` / `d3r` / `ord_boost`: Boost's superpixel protocol with scikit-image SLIC (host numpy).
 * `ord_ranking`: SDDR's Eq. 13 on edge-guided point pairs (the ranking loss of spec 8.4 with a fixed seed).
@@ -39,7 +41,8 @@ def _check_pair(pred, gt, valid, name: str):
     pred = jnp.asarray(pred)
     gt = jnp.asarray(gt)
     if pred.shape != gt.shape:
-        raise UserError(f"{name}: pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        raise UserError(f"{name}: pred and gt must have the same shape, got {tuple(pred.shape)} and "
+                        f"{tuple(gt.shape)}")
     if valid is None:
         valid = jnp.ones(gt.shape, bool)
     else:
@@ -50,7 +53,7 @@ def _check_pair(pred, gt, valid, name: str):
 
 
 def _lsq_fit(x: Array, y: Array, m: Array) -> tuple[Array, Array]:
-    """Scale a and shift b minimising sum_m (a x + b - y)^2 (np.polyfit deg 1), centred for float32 accuracy."""
+    """Scale a, shift b minimising sum_m (a x + b - y)^2 (np.polyfit deg 1), centred for float32 accuracy."""
     mf = m.astype(jnp.float32)
     n = jnp.maximum(jnp.sum(mf), 1.0)
     mx = jnp.sum(mf * x) / n
@@ -75,9 +78,9 @@ def _masked_median(x: Array, m: Array) -> Array:
 def align_prediction(pred, gt, valid, align: str = "lsq", space: str = "depth") -> Array:
     """The prediction aligned to gt on the valid pixels (spec 9.1), jittable.
 
-    `align`: "lsq" (least-squares scale and shift, the official script), "median" (scale only: median(target) /
-    median(pred)) or "none". `space`: "depth" fits pred to gt and keeps the result unclipped; "disparity" fits pred
-    to 1/gt, clips negatives to 0 and inverts (a zero becomes +inf, as in the official script).
+    `align`: "lsq" (least-squares scale and shift, the official script), "median" (scale only: median(target)
+    / median(pred)) or "none". `space`: "depth" fits pred to gt and keeps the result unclipped; "disparity"
+    fits pred to 1/gt, clips negatives to 0 and inverts (a zero becomes +inf, as in the official script).
     """
     if align not in ALIGN_MODES:
         raise UserError(f"align: expected one of {ALIGN_MODES}, got {align!r}")
@@ -102,7 +105,7 @@ def align_prediction(pred, gt, valid, align: str = "lsq", space: str = "depth") 
 
 
 def _errors(p: Array, g: Array, m: Array) -> dict[str, Array]:
-    """The per-image error set on pixels m (compute_global_errors of the official script); NaN if m is empty."""
+    """Per-image errors on pixels m (compute_global_errors of the official script); NaN if m is empty."""
     n = jnp.sum(m.astype(jnp.float32))
     g = jnp.where(m, g, 1.0)
     p = jnp.where(m, p, 1.0)
@@ -125,10 +128,10 @@ def _errors(p: Array, g: Array, m: Array) -> dict[str, Array]:
 def depth_metrics(pred, gt, valid=None, align: str = "lsq", space: str = "depth") -> dict[str, Array]:
     """AbsRel, SqRel, RMSE, log10, delta1..3 of one image (2-D arrays) after alignment (spec 9.1). Jittable.
 
-    Valid pixels: `valid` (default all) and finite gt > 0 and finite pred; NaN/inf in gt never enter. The metrics
-    use gt and the aligned prediction on those pixels (an aligned value <= 0 gives NaN log10 / delta effects
-    exactly as numpy would in the official script). An empty mask gives NaN for every key.
-    Keys: abs_rel, sq_rel, rmse, log10, delta1, delta2, delta3.
+    Valid pixels: `valid` (default all) and finite gt > 0 and finite pred; NaN/inf in gt never enter. The
+    metrics use gt and the aligned prediction on those pixels (an aligned value <= 0 gives NaN log10 / delta
+    effects exactly as numpy would in the official script). An empty mask gives NaN for every key. Keys:
+    abs_rel, sq_rel, rmse, log10, delta1, delta2, delta3.
     """
     pred, gt, valid = _check_pair(pred, gt, valid, "depth_metrics")
     if pred.ndim != 2:
@@ -152,10 +155,12 @@ def depth_metrics_batch(pred, gt, valid=None, align: str = "lsq", space: str = "
 
 
 def aggregate(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Dataset score: per key, the mean of the per-image values that are > 0 (the official `nanmean(x[x > 0])`).
+    """Dataset score: per key, the mean of the per-image values that are > 0 (the official `nanmean(x[x >
+    0])`).
 
     NaN (e.g. empty masks) and values equal to 0 are skipped, as are negative values; +inf is kept (as numpy
-    would). A key with no usable value gives NaN. Note the official quirk: an image with delta1 = 0 is skipped.
+    would). A key with no usable value gives NaN. Note the official quirk: an image with delta1 = 0 is
+    skipped.
     """
     rows = list(per_image)
     keys: list[str] = []
@@ -196,8 +201,10 @@ def read_middlebury_calib(path: str | os.PathLike) -> dict[str, str]:
 def _calib_numbers(calib: Mapping) -> tuple[float, float, float]:
     try:
         cam0 = calib["cam0"]
-        fx = float(str(cam0).strip().lstrip("[").split()[0].rstrip(";")) if not isinstance(cam0, (int, float)) \
-            else float(cam0)
+        if isinstance(cam0, (int, float)):
+            fx = float(cam0)
+        else:
+            fx = float(str(cam0).strip().lstrip("[").split()[0].rstrip(";"))
         return fx, float(calib["baseline"]), float(calib["doffs"])
     except KeyError as e:
         raise UserError(f"Middlebury calib: missing key {e.args[0]!r} (need cam0, baseline, doffs)") from None
@@ -206,7 +213,7 @@ def _calib_numbers(calib: Mapping) -> tuple[float, float, float]:
 
 
 def uint8_wrap(x) -> np.ndarray:
-    """numpy's float -> uint8 cast as the official script sees it on x86: truncate toward 0, wrap modulo 256."""
+    """numpy's float -> uint8 cast as the official script gets it on x86: truncate toward 0, wrap mod 256."""
     x = np.asarray(x, np.float64)
     t = np.trunc(np.where(np.isfinite(x), x, 0.0)).astype(np.int64)
     return np.mod(t, 256).astype(np.uint8)
@@ -247,7 +254,8 @@ def middlebury_metrics(pred, disp, calib: Mapping, legacy_uint8_gt: bool = True,
     """The official Middlebury2021 evaluation of one prediction (host; spec 9.2).
 
     The prediction (any size) is resized to the GT size with OpenCV INTER_LINEAR, aligned by least squares to
-    GT depth (or to 1/GT with `pred_is_disp`, then clipped at 0 and inverted), and scored with `depth_metrics`.
+    GT depth (or to 1/GT with `pred_is_disp`, then clipped at 0 and inverted), and scored with
+    `depth_metrics`.
     """
     gt, valid = middlebury_gt_depth(disp, calib, legacy_uint8_gt=legacy_uint8_gt, flip=flip)
     p = np.asarray(pred, np.float32)
@@ -285,7 +293,8 @@ def _boundary_f1_at(pr: np.ndarray, gt: np.ndarray, t: float, valid) -> float:
     return 2.0 * r * p / (r + p)
 
 
-def boundary_f1(pred, gt, valid=None, t_min: float = 1.05, t_max: float = 1.25, num_thresholds: int = 10) -> float:
+def boundary_f1(pred, gt, valid=None, t_min: float = 1.05, t_max: float = 1.25,
+                num_thresholds: int = 10) -> float:
     """Depth Pro's scale-invariant boundary F1 for depth ground truth (host numpy, (H, W) depth maps).
 
     Both maps are inverted (1 / max(d, 1e-6)); at each threshold t of linspace(t_min, t_max, N), a pixel pair
@@ -341,8 +350,9 @@ def superpixel_pairs(gt_disp_small: np.ndarray, n_segments: int = 5000, compactn
 
     skimage SLIC (`channel_axis=None`, SLIC0 by default, as MATLAB's default method) on the map with NaN -> 0.
     Centres: floor of the mean 1-based row/col (MATLAB convention), returned 0-based. Neighbours: labels of
-    4-adjacent pixels (MATLAB `bwdist(mask) == 1`), sorted unique. Random: 3 labels drawn uniformly per segment
-    (numpy Generator with `seed`; MATLAB's `randi` stream differs, so exact agreement is not expected).
+    4-adjacent pixels (MATLAB `bwdist(mask) == 1`), sorted unique. Random: 3 labels drawn uniformly per
+    segment (numpy Generator with `seed`; MATLAB's `randi` stream differs, so exact agreement is not
+    expected).
     """
     from skimage.segmentation import slic
 
@@ -408,7 +418,8 @@ def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "dis
     g = np.asarray(gt, np.float64)
     p = np.asarray(pred, np.float64)
     if g.ndim != 2 or p.shape != g.shape:
-        raise UserError(f"boost_edge_metrics: expected two (H, W) maps of one shape, got {p.shape} and {g.shape}")
+        raise UserError(f"boost_edge_metrics: expected two (H, W) maps of one shape, "
+                        f"got {p.shape} and {g.shape}")
     g = np.where(np.isfinite(g) & (g != 0), g, np.nan)
     if gt_space == "depth":
         disp = 1.0 / g
@@ -456,16 +467,18 @@ def ord_boost(pred, gt, **kwargs) -> float:
 # ORD_rank: SDDR's Eq. 13 (spec 9.4)
 
 
-def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 0.03, align: str = "lsq") -> float:
+def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 0.03,
+                align: str = "lsq") -> float:
     """ORD_rank: the edge-guided ranking loss (spec 8.4) of the aligned prediction against GT, fixed seed.
 
-    Normalisation (ours): pred is aligned to gt (`align_prediction(..., align, "depth")`), and both are divided
-    by the median of the valid GT, so the value does not depend on GT units. Labels come from GT ratios with
-    tau = `sigma` (0.03); invalid GT is set to 0 (pairs touching it do not count). Pairs: edge-guided sampling
-    on `image` (an (H, W, C) RGB whose first channel gives the edges, or (H, W); default: the GT depth itself),
-    one anchor per edge pixel (edges >= 0.1 max) with 3 pairs each, plus as many random pairs among pixels with
-    normalised target > 0.1, all from `jax.random.key(seed)`. Value = mean over all pairs of the equal-pair
-    squared difference plus mean of the logistic term on unequal pairs (the loss's normalisation).
+    Normalisation (ours): pred is aligned to gt (`align_prediction(..., align, "depth")`), and both are
+    divided by the median of the valid GT, so the value does not depend on GT units. Labels come from GT
+    ratios with tau = `sigma` (0.03); invalid GT is set to 0 (pairs touching it do not count). Pairs:
+    edge-guided sampling on `image` (an (H, W, C) RGB whose first channel gives the edges, or (H, W); default:
+    the GT depth itself), one anchor per edge pixel (edges >= 0.1 max) with 3 pairs each, plus as many random
+    pairs among pixels with normalised target > 0.1, all from `jax.random.key(seed)`. Value = mean over all
+    pairs of the equal-pair squared difference plus mean of the logistic term on unequal pairs (the loss's
+    normalisation).
     """
     from sddr_jax.losses import ranking_loss_single
 
@@ -484,6 +497,7 @@ def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 
         if guide.ndim == 3:
             guide = guide[..., 0]
         if guide.shape != gt_j.shape:
-            raise UserError(f"ord_ranking image: expected spatial shape {tuple(gt_j.shape)}, got {tuple(guide.shape)}")
+            raise UserError(f"ord_ranking image: expected spatial shape {tuple(gt_j.shape)}, "
+                            f"got {tuple(guide.shape)}")
     val = ranking_loss_single(p, target, guide, jax.random.key(seed), sigma=sigma)
     return float(val)

@@ -2,18 +2,19 @@
 
 Synthesis mode (rng-keyed, jittable, static shapes):
 
-* `local_inconsistency_noise`: patches of `patch` x `patch` pixels with stride `patch / 2` (spec: 64 / 32); inside
-  each patch the non-edge pixels are split into connected components (8-connectivity) and each component gets
-  its own affine map a D* + b, a ~ 1 + U(-k_a, k_a), b ~ U(-k_b, k_b) range(D*); the maps are averaged over the
-  overlapping patches, edge pixels keep D*.
-* `edge_deformation_noise`: down/up sampling at the predictor's inference resolution plus K Gaussian bumps whose
-  centres lie in a band around the edges of D*.
+* `local_inconsistency_noise`: patches of `patch` x `patch` pixels with stride `patch / 2` (spec: 64 / 32);
+  inside each patch the non-edge pixels are split into connected components (8-connectivity) and each
+  component gets its own affine map a D* + b, a ~ 1 + U(-k_a, k_a), b ~ U(-k_b, k_b) range(D*); the maps are
+  averaged over the overlapping patches, edge pixels keep D*.
+* `edge_deformation_noise`: down/up sampling at the predictor's inference resolution plus K Gaussian bumps
+  whose centres lie in a band around the edges of D*.
 
 Fitting mode: `fit_local_inconsistency` (per-component least squares, jittable) and `fit_edge_deformation`
 (bump amplitudes, centres and widths by gradient descent with optax; eager loop of jitted steps).
 
-Simulated predictor (the embedded synthetic default): `simulated_predict(gt, size, key)` is the prediction of a
-predictor trained at `train_res` and run at `size`; `simulate_prediction(gt, key)` returns the (low, high) pair.
+Simulated predictor (the embedded synthetic default): `simulated_predict(gt, size, key)` is the prediction of
+a predictor trained at `train_res` and run at `size`; `simulate_prediction(gt, key)` returns the (low, high)
+pair.
 
 Approximations vs spec 7 (which is itself our reconstruction: the paper gives no numbers):
 1. Connected components are computed by a fixed number of label-propagation steps (3x3 min of pixel indices,
@@ -148,7 +149,8 @@ def _check_patch(patch: int, stride: int | None, hw) -> tuple[int, int]:
     patch = int(patch)
     stride = patch // 2 if stride is None else int(stride)
     if patch < 2 or stride < 1 or patch % stride:
-        raise UserError(f"patch / stride: expected patch >= 2 and a stride dividing it, got {patch} / {stride}")
+        raise UserError(f"patch / stride: expected patch >= 2 and a stride dividing it, "
+                        f"got {patch} / {stride}")
     return patch, stride
 
 
@@ -187,7 +189,8 @@ def local_inconsistency_noise(depth, key, k_a: float = 0.1, k_b: float = 0.05, p
     """
     d, restore = edges.as_maps(depth, "local_inconsistency_noise depth")
     patch, stride = _check_patch(patch, stride, d.shape[-2:])
-    return restore(_local_inconsistency_batch(d, key, float(k_a), float(k_b), patch, stride, float(edge_quantile),
+    return restore(_local_inconsistency_batch(d, key, float(k_a), float(k_b), patch, stride,
+                                              float(edge_quantile),
                                               int(cc_iterations)))
 
 
@@ -201,7 +204,8 @@ def _local_inconsistency_batch(d, key, k_a, k_b, patch, stride, q, iterations):
 def fit_local_inconsistency(prediction, depth, patch: int = 64, stride: int | None = None,
                             edge_quantile: float = 0.9, cc_iterations: int = 12) -> Array:
     """Fitting mode of eps_cons (spec 7, step 4): D' with (a, b) per component solved by least squares so that
-    a D* + b matches `prediction`; averaged over patches, edge pixels keep D*. Returns D' (input layout). Jittable.
+    a D* + b matches `prediction`; averaged over patches, edge pixels keep D*. Returns D' (input layout).
+    Jittable.
     """
     d, restore = edges.as_maps(depth, "fit_local_inconsistency depth")
     p, _ = edges.as_maps(prediction, "fit_local_inconsistency prediction")
@@ -300,25 +304,28 @@ def _radius(sigma_range: Sequence[float]) -> int:
     return int(math.ceil(4.0 * hi))
 
 
-def edge_deformation_noise(depth, key, down_size: int | None = None, num_bumps: int = 64, amplitude: float = 0.05,
+def edge_deformation_noise(depth, key, down_size: int | None = None, num_bumps: int = 64,
+                           amplitude: float = 0.05,
                            sigma_range: Sequence[float] = (1.0, 3.0), band: int = 2,
                            edge_quantile: float = 0.9) -> Array:
     """eps_edge = D_r + sum of bumps - D* in synthesis mode (spec 7). Jittable; one key, split per map.
 
-    down_size: the predictor's inference resolution; D_r = D* resized (linear, antialiased) to
-    (down_size, down_size) and back (None: D_r = D*). num_bumps: K. amplitude: A_k ~ U(-1, 1) amplitude range(D*).
+    down_size: the predictor's inference resolution; D_r = D* resized (linear, antialiased) to (down_size,
+    down_size) and back (None: D_r = D*). num_bumps: K. amplitude: A_k ~ U(-1, 1) amplitude range(D*).
     sigma_range: sigma_k ~ U(min, max) pixels. band: centres are drawn uniformly from the edge pixels of D*
     dilated by `band` pixels, plus U(-0.5, 0.5) jitter (no edges: no bumps).
     """
     d, restore = edges.as_maps(depth, "edge_deformation_noise depth")
     radius = _radius(sigma_range)
     sr = (float(sigma_range[0]), float(sigma_range[1]))
-    return restore(_edge_deformation_batch(d, key, None if down_size is None else int(down_size), int(num_bumps),
+    ds = None if down_size is None else int(down_size)
+    return restore(_edge_deformation_batch(d, key, ds, int(num_bumps),
                                            float(amplitude), sr, int(band), float(edge_quantile), radius))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
-def _edge_deformation_batch(d, key, down_size, num_bumps, amplitude, sigma_range, band, edge_quantile, radius):
+def _edge_deformation_batch(d, key, down_size, num_bumps, amplitude, sigma_range, band, edge_quantile,
+                            radius):
     d = _fill_nonfinite(d.astype(jnp.float32))
     h, w = d.shape[-2:]
     dr = d if down_size is None else _resize(_resize(d, (down_size, down_size)), (h, w))
@@ -343,16 +350,18 @@ def psnr(x, y) -> float:
 
 
 def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, num_bumps: int = 256,
-                         sigma_range: Sequence[float] = (0.5, 4.0), steps: int = 300, learning_rate: float = 0.05,
+                         sigma_range: Sequence[float] = (0.5, 4.0), steps: int = 300,
+                         learning_rate: float = 0.05,
                          band: int = 2, edge_quantile: float = 0.9, align: bool = True) -> dict:
-    """Fitting mode of eps_edge (spec 7): bumps (A, mu, sigma) fitted by Adam so that D_r + bumps ~ prediction.
+    """Fitting mode of eps_edge (spec 7): bumps (A, mu, sigma) fitted by Adam so that D_r + bumps ~
+    prediction.
 
     prediction, depth: (H, W) maps (host or device arrays; one image). `align`: first map the prediction to
-    D*'s scale by least squares (predictions are relative). Centres start at band pixels drawn with probability
-    proportional to the residual |prediction - D_r|, amplitudes at the residual there, sigma at the mid-range.
-    Returns {"centers" (K, 2), "amplitudes" (K,), "sigmas" (K,), "fitted" (H, W), "target" (H, W),
-    "psnr_before" (D_r vs target), "psnr" (fit vs target), "losses" (steps,)}. The paper fits K = 50,000 bumps
-    and reports PSNR > 40 dB on Middlebury2021; the defaults here are for small maps.
+    D*'s scale by least squares (predictions are relative). Centres start at band pixels drawn with
+    probability proportional to the residual |prediction - D_r|, amplitudes at the residual there, sigma at
+    the mid-range. Returns {"centers" (K, 2), "amplitudes" (K,), "sigmas" (K,), "fitted" (H, W), "target" (H,
+    W), "psnr_before" (D_r vs target), "psnr" (fit vs target), "losses" (steps,)}. The paper fits K = 50,000
+    bumps and reports PSNR > 40 dB on Middlebury2021; the defaults here are for small maps.
     """
     d = jnp.asarray(depth, jnp.float32)
     p = jnp.asarray(prediction, jnp.float32)
@@ -360,7 +369,8 @@ def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, n
         raise UserError(f"fit_edge_deformation: expected two (H, W) maps of one shape, got "
                         f"{tuple(p.shape)} and {tuple(d.shape)}")
     if int(steps) < 1 or int(num_bumps) < 1:
-        raise UserError(f"fit_edge_deformation: steps and num_bumps must be >= 1, got {steps} and {num_bumps}")
+        raise UserError(f"fit_edge_deformation: steps and num_bumps must be >= 1, "
+                        f"got {steps} and {num_bumps}")
     d = _fill_nonfinite(d[None])[0]
     p = _fill_nonfinite(p[None])[0]
     h, w = d.shape
@@ -402,7 +412,8 @@ def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, n
 
     params, vals = run(params)
     fitted, sig = model(params)
-    return {"centers": np.asarray(params["mu"]), "amplitudes": np.asarray(params["amp"]), "sigmas": np.asarray(sig),
+    return {"centers": np.asarray(params["mu"]), "amplitudes": np.asarray(params["amp"]),
+            "sigmas": np.asarray(sig),
             "fitted": np.asarray(fitted), "target": np.asarray(p), "psnr_before": psnr(dr, p),
             "psnr": psnr(fitted, p), "losses": np.asarray(vals)}
 
@@ -412,12 +423,15 @@ def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, n
 
 
 def inconsistency_level(size: int, train_res: int, level_cap: float = 3.0) -> float:
-    """How locally inconsistent a predictor trained at `train_res` is when run at `size`: clip(size/train_res - 1, 0, cap)."""
+    """Inconsistency level of a predictor trained at `train_res`, run at `size`.
+
+    clip(size / train_res - 1, 0, level_cap): 0 at or below the training resolution.
+    """
     return float(min(max(size / train_res - 1.0, 0.0), level_cap))
 
 
-def simulated_predict(gt, size: int, key, train_res: int = 448, detail_ratio: float = 1.0, k_a: float = 0.15,
-                      k_b: float = 0.08, level_cap: float = 3.0, patch_ratio: float = 1.0,
+def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio: float = 1.0,
+                      k_a: float = 0.15, k_b: float = 0.08, level_cap: float = 3.0, patch_ratio: float = 1.0,
                       edge_quantile: float = 0.9, cc_iterations: int = 12, num_bumps: int = 32,
                       bump_amplitude: float = 0.03, bump_sigma: Sequence[float] = (1.0, 3.0),
                       bump_band: int = 2) -> Array:
@@ -429,10 +443,11 @@ def simulated_predict(gt, size: int, key, train_res: int = 448, detail_ratio: fl
     2. Blur: spec 7's down/up sampling at the inference resolution is step 1 plus the final resize back to the
        image size by the caller; `detail_ratio` < 1 adds a decoder that resolves only that fraction of its
        input (D* resized to round(size * detail_ratio) and back). Default 1.0.
-    3. Local inconsistency (spec 7) with level L = clip(size / train_res - 1, 0, level_cap): k_a L, k_b L, patches
-       of round(patch_ratio * train_res) pixels (the receptive field of a predictor trained at train_res; clipped to
-       size), edges of D* keep their value. Zero at size <= train_res: a predictor is globally consistent at its
-       training resolution and locally inconsistent above it, more so the larger size is.
+    3. Local inconsistency (spec 7) with level L = clip(size / train_res - 1, 0, level_cap): k_a L, k_b L,
+       patches of round(patch_ratio * train_res) pixels (the receptive field of a predictor trained at
+       train_res; clipped to size), edges of D* keep their value. Zero at size <= train_res: a predictor is
+       globally consistent at its training resolution and locally inconsistent above it, more so the larger
+       size is.
     4. Mild edge deformation: `num_bumps` Gaussian bumps near the edges of D*, amplitude
        U(-1, 1) * bump_amplitude * range, sigma ~ U(bump_sigma) pixels.
     The sharper / less consistent trade-off therefore follows size / train_res. All numbers are our choices.
@@ -445,14 +460,16 @@ def simulated_predict(gt, size: int, key, train_res: int = 448, detail_ratio: fl
         raise UserError(f"simulated_predict train_res: expected >= 1, got {train_res}")
     _radius(bump_sigma)
     out = _simulated_predict_maps(d, key, size, int(train_res), float(detail_ratio), float(k_a), float(k_b),
-                                  float(level_cap), float(patch_ratio), float(edge_quantile), int(cc_iterations),
+                                  float(level_cap), float(patch_ratio), float(edge_quantile),
+                                  int(cc_iterations),
                                   int(num_bumps), float(bump_amplitude),
                                   (float(bump_sigma[0]), float(bump_sigma[1])), int(bump_band))
     return out[0] if jnp.ndim(gt) == 2 else (out[..., None] if jnp.ndim(gt) == 4 else out)
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(2, 15)))
-def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio, edge_quantile,
+def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio,
+                            edge_quantile,
                             cc_iterations, num_bumps, bump_amplitude, bump_sigma, bump_band):
     d = _fill_nonfinite(d.astype(jnp.float32))
     kc, ke = jax.random.split(key)
@@ -463,22 +480,24 @@ def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, lev
     if level > 0:
         patch = max(4, min(size, int(round(patch_ratio * train_res))))
         patch -= patch % 2
-        out = out + local_inconsistency_noise(ds, kc, k_a * level, k_b * level, patch, patch // 2, edge_quantile,
-                                              cc_iterations)
+        out = out + local_inconsistency_noise(ds, kc, k_a * level, k_b * level, patch, patch // 2,
+                                              edge_quantile, cc_iterations)
     if num_bumps > 0 and bump_amplitude > 0:
         out = out + edge_deformation_noise(ds, ke, None, num_bumps, bump_amplitude, bump_sigma, bump_band,
                                            edge_quantile)
     return _minmax(out)
 
 
-def simulate_prediction(gt, key, low_res: int | None = None, high_res: int | None = None,
+def simulate_prediction(gt, key, *, low_res: int | None = None, high_res: int | None = None,
                         train_res: int | None = None, **kwargs) -> tuple[Array, Array]:
-    """(low, high) simulated base predictions of ground truth `gt`, both at gt's size, min-max normalised to [0, 1].
+    """(low, high) simulated base predictions of ground truth `gt`, at gt's size, min-max normalised.
 
-    gt: (B, H, W, 1) or (H, W) (also (B, H, W)). low = `simulated_predict` at `low_res` (default max(8, H // 4),
-    with train_res = low_res by default: blurry, globally consistent, mildly deformed edges); high = at
-    `high_res` (default H: sharp, locally inconsistent at level high_res / train_res - 1, capped at 3). Each is
-    resized back to (H, W) (linear) and min-max normalised. kwargs go to `simulated_predict`. Jittable.
+    gt: (B, H, W, 1) or (H, W) (also (B, H, W)).
+    low = `simulated_predict` at `low_res` (default max(8, H // 4)), with train_res = low_res by default:
+    blurry, globally consistent, mildly deformed edges.
+    high = at `high_res` (default H): sharp, locally inconsistent at level high_res / train_res - 1 (cap 3).
+    Each is resized back to (H, W) (linear) and min-max normalised. kwargs go to `simulated_predict`.
+    Jittable. At small maps (H < 256) pass `low_res` explicitly: H // 4 becomes very blurry.
     """
     d, restore = edges.as_maps(gt, "simulate_prediction gt")
     h, w = d.shape[-2:]

@@ -225,9 +225,10 @@ class Placement:
         self.parallel = parallel
         self.mesh = mesh if mesh is not None or parallel == "pmap" else make_mesh()
         self.local_devices = jax.local_devices()
-        # pmap takes (local devices, ...) arrays; laying them out over a mesh of the local devices is what
-        # `jax.pmap` expects without a copy (the old device_put_sharded/replicated are gone from JAX).
-        self._local = NamedSharding(Mesh(np.asarray(self.local_devices), ("_local",)), P("_local"))
+        # pmap takes (local devices, ...) arrays. Laid out over a mesh of the local devices whose axis has
+        # pmap's axis name, they carry exactly the sharding of pmap's outputs: a state fed back into the step
+        # then hits the same compiled program (another axis name would compile it a second time).
+        self._local = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS,)), P(AXIS))
 
     @property
     def num_local_devices(self) -> int:
@@ -697,7 +698,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         r = ckpt.restore(TrainState.to_host(host_state), teacher_target=host_state.params, data_iterator=train_iter)
         host_state = TrainState.from_host(r["state"], host_state)
         teacher_host, start = r["teacher"], r["step"]
-    else:
+    elif jax.process_index() == 0:
         _write_json_atomic(workdir / "config.json", checkpointing.config_to_dict(config))
 
     placement = Placement(t.parallel)
@@ -755,6 +756,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
     global_batch = int(config.data.batch_size)
     max_skips = int(t.max_consecutive_nonfinite)
+    schedule = make_schedule(config.optimizer, num_steps)
     tick, tick_step = time.perf_counter(), start
     metrics = None
     for step in range(start, num_steps):
@@ -774,7 +776,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
             m = placement.metrics(metrics)
             now = time.perf_counter()
             m["images_per_s"] = (done - tick_step) * global_batch / max(now - tick, 1e-9)
-            m["lr"] = float(make_schedule(config.optimizer, num_steps)(done))
+            m["lr"] = float(schedule(step))  # the rate of the step just taken (skipped updates aside)
             m["phase"] = 1 if teacher is None else 2
             consecutive, total = nonfinite_counts(placement.unreplicate(state.opt_state))
             m["nonfinite_skipped"] = total

@@ -304,8 +304,8 @@ def test_interop_with_real_torch(official, tmp_path):
     assert convert.count_params(params) == convert.N_UNIQUE_PARAMS
 
 
-def test_unpickler_never_imports(monkeypatch, tmp_path):
-    """Refusal happens in find_class: the module named in the pickle is never imported."""
+def test_unknown_globals_are_refused_by_name(tmp_path):
+    """Refusal happens in find_class, before the global is resolved, and names it."""
     path = tmp_path / "x.pt"
     payload = pickle.dumps(collections.Counter(a=1), protocol=2)  # collections.Counter is not allowed
     with zipfile.ZipFile(path, "w") as z:

@@ -1,4 +1,4 @@
-"""Tests of sddr_jax.losses (spec 8): shared pieces against numpy ports of the official code, composites, registry."""
+"""Tests of sddr_jax.losses (spec 8): pieces vs numpy ports of the official code, composites, registry."""
 from typing import NamedTuple
 
 import jax
@@ -178,12 +178,14 @@ def test_fusion_loss_matches_numpy():
 def _case(b=2, s=32, seed=0):
     rng = np.random.RandomState(seed)
     yy, xx = np.mgrid[0:s, 0:s]
-    depth = np.stack([1.0 + (xx > s // 2 + i) + 0.5 * (yy > s // 3) + 0.01 * rng.rand(s, s) for i in range(b)])
+    depth = np.stack([1.0 + (xx > s // 2 + i) + 0.5 * (yy > s // 3) + 0.01 * rng.rand(s, s)
+                      for i in range(b)])
     depth = depth[..., None].astype(np.float32)
     out = Out(jnp.asarray(depth), jnp.asarray(depth[:, ::2, ::2]), jnp.asarray(depth[:, ::4, ::4]),
               jnp.asarray(rng.rand(b, s // 4, s // 4, 1).astype(np.float32)),
               jnp.asarray(rng.rand(b, s // 2, s // 2, 1).astype(np.float32)))
-    batch = {"rgb": jnp.asarray(rng.rand(b, s, s, 3).astype(np.float32)), "low": out.refined, "high": out.refined,
+    batch = {"rgb": jnp.asarray(rng.rand(b, s, s, 3).astype(np.float32)), "low": out.refined,
+             "high": out.refined,
              "depth": jnp.asarray(depth), "valid": jnp.ones(depth.shape, bool)}
     return out, batch, _labels(batch["depth"])
 
@@ -205,7 +207,8 @@ def test_official_composite():
     # the soft-mask term by hand: w_mask * (E + F) summed over m6 and m5, label masks resized by nearest
     from sddr_jax.ops import resize_nearest
     me, mf = labels["mask_edge"], labels["mask_flat"]
-    exp = sum(0.1 * float(losses.soft_mask_loss(m, resize_nearest(me, m.shape[1:3]), resize_nearest(mf, m.shape[1:3])))
+    exp = sum(0.1 * float(losses.soft_mask_loss(m, resize_nearest(me, m.shape[1:3]),
+                                                resize_nearest(mf, m.shape[1:3])))
               for m in (out.mask_half, out.mask_quart))
     assert float(aux["l_mask"]) == pytest.approx(exp, rel=1e-6)
     # labels=None gives L_gt only, and batch size 1 works
@@ -239,7 +242,8 @@ def test_paper_composite_and_pmap():
                                          rel=1e-5)
     # per-device step body under pmap (2 simulated devices, batch 1 each) gives the per-half values
     halves = jax.tree.map(lambda x: x.reshape((2, 1) + x.shape[1:]), (out, batch, labels))
-    per_dev = jax.pmap(lambda o, b, l: losses.paper_loss(o, b, l, None)[0], devices=jax.devices()[:2])(*halves)
+    per_dev = jax.pmap(lambda o, b, l: losses.paper_loss(o, b, l, None)[0],
+                       devices=jax.devices()[:2])(*halves)
     for i in range(2):
         one = jax.tree.map(lambda x: x[i:i + 1], (out, batch, labels))
         assert float(per_dev[i]) == pytest.approx(float(f(*one)[0]), rel=1e-5)

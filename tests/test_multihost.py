@@ -4,7 +4,6 @@ process with 8 devices.
 
 The worker is this file run as a script: `python tests/test_multihost.py WORKER_ARGS`.
 """
-import json
 import os
 import pathlib
 import socket

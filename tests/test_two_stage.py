@@ -237,7 +237,8 @@ def test_real_refiner_batched_step_equals_sequential(images, sequential):
     with jax.default_matmul_precision("highest"):
         out = np.asarray(_two_stage_step_jit(
             params, jnp.asarray(images[:1]), jnp.asarray(base), dyn, pred_static=static, windows=wins,
-            size=128, refiner_fn=official_refiner, blend="official", plan=plan, resolution_cfg=(0, 2048, False)))
+            size=128, refiner_fn=official_refiner, blend="official", plan=plan,
+            resolution_cfg=(0, 2048, False)))
         ref = sequential_two_stage(params, images[0], toy_predictor, official_refiner, ((2, 0.2),), 128, 0,
                                    (48, 96), base=base[0, ..., 0])
     assert np.isfinite(out).all() and np.abs(out[0, ..., 0] - base[0, ..., 0]).max() > 1e-3
