@@ -501,3 +501,30 @@ def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 
                             f"got {tuple(guide.shape)}")
     val = ranking_loss_single(p, target, guide, jax.random.key(seed), sigma=sigma)
     return float(val)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Everything of spec 9 for one image (used by `sddr-jax evaluate`, training's evaluation and the demo)
+
+
+def image_metrics(pred, gt, valid, *, rgb=None, edge_metrics: bool = True, ord_rank: bool = True,
+                  align: str = "lsq", space: str = "depth", pred_space: str = "depth",
+                  superpixel_scale: float = 1.0) -> dict[str, float]:
+    """All metrics of one (H, W) prediction against (H, W) ground truth on `valid` pixels (host floats).
+
+    Depth metrics after alignment (`align`, `space`; spec 9.1). With `edge_metrics`: ORD_boost and D3R with
+    Boost's protocol (`boost_edge_metrics`, spec 9.4), Depth Pro's boundary F1 on the aligned prediction, and
+    (with `ord_rank`) ORD_rank, Eq. 13 with seed 0 and edges from `rgb` when given.
+    """
+    gt = np.asarray(gt, np.float64)
+    valid = np.asarray(valid, bool) & np.isfinite(gt) & (gt > 0)
+    gt = np.where(valid, gt, 0.0)
+    out = {k: float(v) for k, v in depth_metrics(pred, gt, valid, align=align, space=space).items()}
+    if edge_metrics:
+        e = boost_edge_metrics(pred, gt, gt_space="depth", pred_space=pred_space, superpixel_scale=superpixel_scale)
+        out["d3r"], out["ord_boost"] = float(e["d3r"]), float(e["ord_boost"])
+        aligned = np.asarray(align_prediction(pred, gt, valid, align, "depth"), np.float64)
+        out["boundary_f1"] = float(boundary_f1(np.maximum(aligned, 1e-6), gt, valid))
+        if ord_rank:
+            out["ord_rank"] = float(ord_ranking(pred, gt, valid, image=rgb, seed=0))
+    return out

@@ -177,3 +177,9 @@ __all__ = [
     "resize_nearest_host",
     "unwrap_params",
 ]
+
+# Coarse-to-fine two-stage inference (spec 5.2) lives beside the window functions; re-exported here so that
+# both inference pipelines are `sddr_jax.refine.*`. coarse_to_fine imports this module lazily (no cycle).
+from sddr_jax.coarse_to_fine import refine_two_stage  # noqa: E402
+
+__all__.append("refine_two_stage")

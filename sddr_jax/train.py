@@ -351,22 +351,16 @@ def evaluate_maps(preds: Mapping[str, np.ndarray], depth: np.ndarray, valid: np.
     """Per-image metrics (spec 9) of several predictions of the same images.
 
     `preds` maps a name ('refined', 'low', 'high') to (B, H, W, 1) maps; returns one dict per image:
-    {name: {abs_rel, ..., delta1, [d3r, ord_boost]}}. Depth metrics after least-squares alignment in depth;
-    D3R and ORD_boost with Boost's protocol for depth-valued predictions (`pred_space="depth"`).
+    {name: {abs_rel, ..., delta1, [d3r, ord_boost, boundary_f1]}} from `metrics.image_metrics` (least-squares
+    alignment in depth; Boost's protocol for depth-valued predictions; ORD_rank left out for speed).
     """
     from sddr_jax import metrics as M
 
     out = []
     for i in range(depth.shape[0]):
         gt, v = depth[i, ..., 0], valid[i, ..., 0].astype(bool)
-        row = {}
-        for name, p in preds.items():
-            m = {k: float(x) for k, x in M.depth_metrics(p[i, ..., 0], gt, v).items()}
-            if edge_metrics:
-                e = M.boost_edge_metrics(p[i, ..., 0], np.where(v, gt, 0.0), gt_space="depth", pred_space="depth")
-                m.update(d3r=float(e["d3r"]), ord_boost=float(e["ord_boost"]))
-            row[name] = m
-        out.append(row)
+        out.append({name: M.image_metrics(p[i, ..., 0], gt, v, edge_metrics=edge_metrics, ord_rank=False)
+                    for name, p in preds.items()})
     return out
 
 

@@ -58,27 +58,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def image_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, *, rgb: np.ndarray | None = None,
-                  edge_metrics: bool = True, align: str = "lsq", space: str = "depth", pred_space: str = "depth",
-                  superpixel_scale: float = 1.0) -> dict[str, float]:
-    """Every metric of spec 9 for one (H, W) prediction against (H, W) ground truth on `valid` pixels.
-
-    Depth metrics after alignment (`align`, `space`); ORD_boost and D3R with Boost's protocol; ORD_rank (Eq. 13,
-    seed 0, edges from `rgb` when given); Depth Pro's boundary F1 on the aligned prediction.
-    """
-    from sddr_jax import metrics as M
-
-    out = {k: float(v) for k, v in M.depth_metrics(pred, gt, valid, align=align, space=space).items()}
-    if edge_metrics:
-        e = M.boost_edge_metrics(pred, np.where(valid, gt, 0.0), gt_space="depth", pred_space=pred_space,
-                                 superpixel_scale=superpixel_scale)
-        out["d3r"], out["ord_boost"] = float(e["d3r"]), float(e["ord_boost"])
-        out["ord_rank"] = float(M.ord_ranking(pred, gt, valid, image=rgb, seed=0))
-        aligned = np.asarray(M.align_prediction(pred, gt, valid, align if align != "none" else "none", "depth"))
-        out["boundary_f1"] = float(M.boundary_f1(np.maximum(aligned, 1e-6), np.where(valid, gt, 0.0), valid))
-    return out
-
-
 def _find_prediction(folder: pathlib.Path, name: str) -> pathlib.Path | None:
     for ext in PRED_EXTS:
         p = folder / f"{name}{ext}"
@@ -175,7 +154,7 @@ def evaluate(args) -> dict[str, Any]:
             preds["high"] = _resize_linear(high, hw)
         row = {"name": ex["name"]}
         for pname, p in preds.items():
-            row[pname] = image_metrics(p, gt, valid, rgb=ex["rgb"].astype(np.float32) / 255.0,
+            row[pname] = M.image_metrics(p, gt, valid, rgb=ex["rgb"].astype(np.float32) / 255.0,
                                        edge_metrics=not args.no_edge_metrics, align=args.align,
                                        space=args.space, pred_space=args.pred_space,
                                        superpixel_scale=SUPERPIXEL_SCALE.get(args.dataset, 1.0))
