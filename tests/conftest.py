@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Converted official checkpoints are cached; tests keep that cache out of the home folder.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("SDDR_JAX_CACHE", tempfile.mkdtemp(prefix="sddr_jax_cache_"))
 
 import pathlib  # noqa: E402
 

@@ -1,28 +1,51 @@
-"""`sddr-jax refine`: refine a low/high depth pair with the official demo's one-stage pipeline (spec 5.1).
+"""`sddr-jax refine`: refine low/high depth predictions (one-stage spec 5.1, or coarse-to-fine spec 5.2).
 
-    sddr-jax refine --checkpoint CKPT --low LOW --high HIGH --output OUT [--size 2048] [--rgb IMAGE]
+One pair:
+    sddr-jax refine --checkpoint CKPT --low LOW --high HIGH --output OUT [--rgb IMAGE] [--size 2048]
+Folders (files matched by name) or the official demo layout (DIR/rgb, DIR/low[_RES] or DIR/<predictor>/low_RES, ...):
+    sddr-jax refine --checkpoint CKPT --low LOW_DIR --high HIGH_DIR [--rgb RGB_DIR] --output OUT_DIR
+    sddr-jax refine --checkpoint CKPT --input DEMO_DIR --output OUT_DIR [--two-stage] [--preview]
 
-CKPT is the official `.pt` file or a directory written by `sddr-jax convert`. Files are read and written by
-extension (.npy, .png 8/16-bit, .pfm, .tif); a `.png` output is quantised like the official demo
-(min-max, x65535, uint16). The output has the size of --rgb when given (as in the demo), else of HIGH.
+CKPT: the official `.pt` (converted on the fly, cached), a directory written by `sddr-jax convert`, or a
+training workdir. Files are read and written by extension (.npy, .png 8/16-bit, .pfm, .tif); a `.png` output
+is quantised like the official demo (min-max, x65535, uint16). The output has the size of the RGB image when
+given (as in the demo), else of HIGH. Every output path is checked before anything is computed, so a refused
+run writes nothing; each file is written atomically.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+from sddr_jax.errors import UserError
+
 HELP = "refine low/high depth maps (one-stage or coarse-to-fine two-stage)"
+MAP_EXTS = (".png", ".npy", ".pfm", ".tif", ".tiff")
+RGB_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="official .pt file or converted Orbax directory")
-    parser.add_argument("--low", required=True, help="low-resolution prediction (.npy/.png/.pfm/.tif)")
-    parser.add_argument("--high", required=True, help="high-resolution prediction (.npy/.png/.pfm/.tif)")
-    parser.add_argument("--output", required=True, help="refined depth file (.npy/.png/.pfm/.tif)")
-    parser.add_argument("--size", type=int, default=2048,
-                        help="working size S, a multiple of 128 (default %(default)s)")
-    parser.add_argument("--rgb", default=None,
-                        help="RGB image whose size the output takes (only its size is read)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="compute the refiner in bfloat16 (parameters stay float32)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="official .pt file, converted Orbax directory, or training workdir")
+    parser.add_argument("--input", default=None,
+                        help="a folder in the official demo layout: rgb/ and low[_RES]/ high[_RES]/ "
+                             "(directly or under one predictor folder such as LeRes/)")
+    parser.add_argument("--low", default=None, help="low-resolution prediction file or folder")
+    parser.add_argument("--high", default=None, help="high-resolution prediction file or folder")
+    parser.add_argument("--rgb", default=None, help="RGB image (or folder) whose size the output takes")
+    parser.add_argument("--output", required=True, help="output file, or folder when refining folders")
+    parser.add_argument("--format", choices=("png", "npy", "pfm", "tif"), default="png",
+                        help="output format in folder mode (default png: 16-bit, official normalisation)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="working size S, a multiple of 128 (default 2048; 1024 with --two-stage)")
+    parser.add_argument("--two-stage", action="store_true",
+                        help="coarse-to-fine refinement (spec 5.2) on the precomputed maps; needs the RGB size")
+    parser.add_argument("--low-resolution", type=int, default=None,
+                        help="resolution the low maps were predicted at (default: from a low_RES folder, else 448)")
+    parser.add_argument("--preview", action="store_true",
+                        help="also write <name>_preview.png: low | high | refined in colour")
+    parser.add_argument("--bf16", action="store_true", help="compute the refiner in bfloat16 (parameters stay float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _compute_dtype(args):
@@ -33,29 +56,145 @@ def _compute_dtype(args):
     return jnp.bfloat16
 
 
-def refine_pair(args, params) -> None:
-    """One-stage refinement of the single pair named by args.low / args.high into args.output."""
-    from pathlib import Path
+def _files(folder: Path, exts) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in exts}
+
+
+def _demo_folders(root: Path) -> tuple[Path, Path, Path | None]:
+    """(low_dir, high_dir, rgb_dir) of the official demo layout under `root`."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--input {root}: no such folder")
+    candidates = [root] + [p for p in sorted(root.iterdir()) if p.is_dir() and p.name != "rgb"]
+    for base in candidates:
+        lows = [p for p in sorted(base.iterdir()) if p.is_dir() and re.fullmatch(r"low(_\d+)?", p.name)]
+        highs = [p for p in sorted(base.iterdir()) if p.is_dir() and re.fullmatch(r"high(_\d+)?", p.name)]
+        if lows and highs:
+            if len(lows) > 1 or len(highs) > 1:
+                raise UserError(f"--input {base}: several low_*/high_* folders ({[p.name for p in lows + highs]}); "
+                                f"pass --low and --high")
+            rgb = root / "rgb" if (root / "rgb").is_dir() else (base / "rgb" if (base / "rgb").is_dir() else None)
+            return lows[0], highs[0], rgb
+    raise UserError(f"--input {root}: expected low[_RES]/ and high[_RES]/ folders (the official demo layout), "
+                    f"directly or under one predictor folder")
+
+
+def plan_jobs(args) -> tuple[list[tuple[str, Path, Path, Path | None, Path]], int | None]:
+    """[(name, low, high, rgb or None, output)] and the low maps' resolution if a folder name gives it."""
+    if args.input:
+        if args.low or args.high:
+            raise UserError("--input: give either --input or --low/--high, not both")
+        low, high, rgb = _demo_folders(Path(args.input))
+        rgb = Path(args.rgb) if args.rgb else rgb
+    else:
+        if not args.low or not args.high:
+            raise UserError("give --low and --high (files or folders), or --input DEMO_DIR")
+        low, high = Path(args.low), Path(args.high)
+        rgb = Path(args.rgb) if args.rgb else None
+    for what, p in (("--low", low), ("--high", high)) + ((("--rgb", rgb),) if rgb else ()):
+        if not p.exists():
+            raise FileNotFoundError(f"{what} {p}: no such file or folder")
+    m = re.fullmatch(r"low_(\d+)", low.name)
+    low_res = int(m.group(1)) if m else None
+    out = Path(args.output)
+    if low.is_file() != high.is_file():
+        raise UserError(f"--low {low} and --high {high}: give two files or two folders")
+    if low.is_file():
+        if out.is_dir():
+            raise IsADirectoryError(f"--output {out}: is a folder; give a file name for one pair")
+        return [(low.stem, low, high, rgb, out)], low_res
+    lows, highs = _files(low, MAP_EXTS), _files(high, MAP_EXTS)
+    if not lows:
+        raise UserError(f"--low {low}: no depth maps ({', '.join(MAP_EXTS)})")
+    only = sorted(set(lows) ^ set(highs))
+    if only:
+        raise UserError(f"--low {low} and --high {high} do not hold the same names; unmatched: {', '.join(only[:8])}"
+                        + (" ..." if len(only) > 8 else ""))
+    rgbs = _files(rgb, RGB_EXTS) if rgb is not None and rgb.is_dir() else {}
+    if rgb is not None and rgb.is_dir():
+        missing = sorted(set(lows) - set(rgbs))
+        if missing:
+            raise UserError(f"--rgb {rgb}: no image for {', '.join(missing[:8])}")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output {out}: exists and is not a folder (folder mode writes one file per map)")
+    ext = "." + args.format
+    return [(n, lows[n], highs[n], rgbs.get(n), out / f"{n}{ext}") for n in sorted(lows)], low_res
+
+
+def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: int) -> "np.ndarray":
+    """Refine one pair and write it (and its preview); returns the refined map."""
+    import numpy as np
 
     from sddr_jax import io
     from sddr_jax.refine import refine_one_stage
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output}: already exists (use --overwrite to replace it)")
-    low = io.read_depth(args.low)
-    high = io.read_depth(args.high)
-    out_hw = io.read_image_size(args.rgb) if args.rgb else None
-    refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args))
-    io.write_depth(args.output, refined, overwrite=args.overwrite)
-    h, w = refined.shape[:2]
-    print(f"refined {args.low} + {args.high} at S={args.size} -> {args.output} ({h}x{w})")
+    low = io.read_depth(low_path)
+    high = io.read_depth(high_path)
+    for what, p, a in (("low", low_path, low), ("high", high_path, high)):
+        if not np.isfinite(a).all():
+            raise UserError(f"{what} depth {p}: has NaN or infinite values")
+    out_hw = io.read_image_size(rgb_path) if rgb_path else high.shape[:2]
+    if args.two_stage:
+        import jax.numpy as jnp
+
+        from sddr_jax.predictors import PrecomputedPredictor, stack_maps
+        from sddr_jax.refine import minmax_normalize, refine_two_stage
+
+        def norm(a):
+            return minmax_normalize(jnp.asarray(a, jnp.float32)[None, ..., None])
+
+        image = stack_maps(norm(low), norm(high), *out_hw)
+        refined = refine_two_stage(params, image, PrecomputedPredictor(low_resolution=low_res), size=args.size)
+        refined = np.asarray(refined)[0, ..., 0]
+    else:
+        refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args))
+    io.write_depth(out_path, refined, overwrite=args.overwrite)
+    if args.preview:
+        import cv2
+
+        from sddr_jax import viz
+
+        def fit(a):
+            return cv2.resize(np.asarray(a, np.float32), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+
+        viz.save_panels(_preview_path(out_path), {"low": fit(low), "high": fit(high), "refined": refined},
+                        overwrite=args.overwrite)
+    return refined
+
+
+def _preview_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + "_preview.png")
 
 
 def run(args) -> int:
-    from sddr_jax.convert import load_params
+    from sddr_jax.commands.common import check_writable_dir, load_any_params
     from sddr_jax.refine import check_size
 
+    if args.size is None:
+        args.size = 1024 if args.two_stage else 2048
     check_size(args.size, "--size")
-    params = load_params(args.checkpoint)
-    refine_pair(args, params)
+    jobs, folder_res = plan_jobs(args)
+    low_res = args.low_resolution or folder_res or 448
+    if args.two_stage and low_res <= 0:
+        raise UserError(f"--low-resolution: expected a positive resolution, got {low_res}")
+    # Refuse before computing anything: no partial output.
+    taken = [p for _, _, _, _, o in jobs for p in ((o, _preview_path(o)) if args.preview else (o,)) if p.exists()]
+    if taken and not args.overwrite:
+        raise FileExistsError(f"{taken[0]}: already exists" + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
+                              + "; use --overwrite to replace")
+    if len(jobs) > 1:
+        check_writable_dir(Path(args.output), "--output")
+    else:
+        check_writable_dir(jobs[0][4].parent, "--output folder")
+    params = load_any_params(args.checkpoint)
+    mode = f"two-stage (S={args.size}, low maps at {low_res})" if args.two_stage else f"one-stage (S={args.size})"
+    if len(jobs) == 1:
+        name, lo, hi, rgb, out = jobs[0]
+        refined = refine_pair(args, params, lo, hi, rgb, out, low_res)
+        print(f"refined {lo} + {hi}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]})")
+        return 0
+    from tqdm.auto import tqdm
+
+    for name, lo, hi, rgb, out in tqdm(jobs, desc="refine", unit="map"):
+        refine_pair(args, params, lo, hi, rgb, out, low_res)
+    print(f"refined {len(jobs)} maps, {mode} -> {args.output}")
     return 0

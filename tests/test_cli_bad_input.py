@@ -1,0 +1,133 @@
+"""The bad-input catalogue: every case gives one clear line on stderr, exit code 2, and no partial output.
+
+Plus the folder mode of `sddr-jax refine` (official demo layout, previews) on a random-weight checkpoint.
+"""
+import collections
+import importlib.util
+import pickle
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from sddr_jax import cli, convert, io
+from sddr_jax.torch_pickle import save_torch_file
+
+S = 128
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data_dir):
+    d = tmp_path_factory.mktemp("cat")
+    spec = importlib.util.spec_from_file_location("official_state", data_dir / "official_state.py")
+    official_state = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official_state)
+    sd = collections.OrderedDict(official_state.official_state_dict(0))
+    save_torch_file({"net": sd}, d / "model.pt")
+    convert.save_params(convert.official_to_flax(sd), d / "converted")
+    rng = np.random.default_rng(0)
+    low = rng.uniform(size=(24, 32)).astype(np.float32)
+    high = rng.uniform(size=(48, 64)).astype(np.float32)
+    io.write_depth(d / "low.npy", low)
+    io.write_depth(d / "high.png", high)
+    cv2.imwrite(str(d / "rgb3.png"), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    np.save(d / "nan.npy", np.full((24, 32), np.nan, np.float32))
+    np.save(d / "four_d.npy", np.zeros((1, 2, 24, 32), np.float32))
+    (d / "garbage.png").write_bytes(b"\x89PNG not really")
+    (d / "map.txt").write_text("1 2 3")
+    raw = (d / "model.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    save_torch_file({"net": {"unexpected.weight": np.zeros((3,), np.float32)}}, d / "wrong_keys.pt")
+    with zipfile.ZipFile(d / "evil.pt", "w") as z:  # a pickle that calls os.system
+        z.writestr("evil/data.pkl", b"cos\nsystem\n(S'echo hacked'\ntR.")
+        z.writestr("evil/version", "3\n")
+    (d / "a_file").write_text("")
+    for sub in ("demo/rgb", "demo/low_448", "demo/high_1920", "mismatch/low", "mismatch/high", "empty", "nolayout/x"):
+        (d / sub).mkdir(parents=True)
+    for name in ("a", "b"):
+        cv2.imwrite(str(d / "demo/rgb" / f"{name}.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+        io.write_depth(d / "demo/low_448" / f"{name}.png", rng.uniform(size=(20, 20)))
+        io.write_depth(d / "demo/high_1920" / f"{name}.png", rng.uniform(size=(40, 56)))
+    io.write_depth(d / "mismatch/low/a.npy", low)
+    io.write_depth(d / "mismatch/high/b.npy", low)
+    (d / "taken.png").write_bytes(b"keep me")
+    return d
+
+
+def _refine(d, *extra, low="low.npy", high="high.png", out="out/refined.png"):
+    args = ["refine", "--checkpoint", str(d / "converted"), "--size", str(S), "--output", str(d / out)]
+    if low is not None:
+        args += ["--low", str(d / low)]
+    if high is not None:
+        args += ["--high", str(d / high)]
+    return args + list(extra)
+
+
+CASES = {
+    "missing low file": (lambda d: _refine(d, low="nope.npy"), "nope.npy"),
+    "missing checkpoint": (lambda d: _refine(d)[:2] + [str(d / "nope.pt")] + _refine(d)[3:], "nope.pt"),
+    "rgb image as depth (3 channels)": (lambda d: _refine(d, low="rgb3.png"), "rgb3.png"),
+    "unreadable png": (lambda d: _refine(d, low="garbage.png"), "garbage.png"),
+    "NaN map": (lambda d: _refine(d, low="nan.npy"), "nan.npy"),
+    "4-D array": (lambda d: _refine(d, low="four_d.npy"), "four_d.npy"),
+    "unsupported extension": (lambda d: _refine(d, low="map.txt"), "map.txt"),
+    "truncated checkpoint": (lambda d: _refine(d)[:2] + [str(d / "truncated.pt")] + _refine(d)[3:], "truncated.pt"),
+    "checkpoint with wrong keys": (lambda d: _refine(d)[:2] + [str(d / "wrong_keys.pt")] + _refine(d)[3:], "missing"),
+    "pickle with a forbidden global": (lambda d: _refine(d)[:2] + [str(d / "evil.pt")] + _refine(d)[3:], "system"),
+    "size not a multiple of 128": (lambda d: _refine(d, "--size", "200"), "128"),
+    "output parent is a file": (lambda d: _refine(d, out="a_file/refined.png"), "a_file"),
+    "output exists": (lambda d: _refine(d, out="taken.png"), "already exists"),
+    "file and folder mixed": (lambda d: _refine(d, high="demo/high_1920", out="out"), "two files or two folders"),
+    "folders with unmatched names": (lambda d: _refine(d, low="mismatch/low", high="mismatch/high", out="out"),
+                                     "unmatched"),
+    "empty low folder": (lambda d: _refine(d, low="empty", high="mismatch/high", out="out"), "no depth maps"),
+    "input without the demo layout": (lambda d: _refine(d, "--input", str(d / "nolayout"), low=None, high=None,
+                                                        out="out"), "demo layout"),
+    "input and low together": (lambda d: _refine(d, "--input", str(d / "demo"), out="out"), "not both"),
+    "neither input nor low/high": (lambda d: _refine(d, low=None, high=None), "--low and --high"),
+    "convert: missing input": (lambda d: ["convert", str(d / "nope.pt"), str(d / "out/conv")], "nope.pt"),
+    "convert: tampered checkpoint": (lambda d: ["convert", str(d / "evil.pt"), str(d / "out/conv")], "system"),
+    "convert: output exists": (lambda d: ["convert", str(d / "model.pt"), str(d / "converted")], "exists"),
+    "evaluate: dataset not built": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
+                                               str(d / "empty"), "--predictions", str(d / "demo/low_448")],
+                                    "not built"),
+    "evaluate: predictions folder missing": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
+                                                        str(d / "empty"), "--predictions", str(d / "nope")], "nope"),
+    "demo: negative panel count": (lambda d: ["demo", "--out", str(d / "out/demo"), "--num-panels", "-1"],
+                                   "--num-panels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_catalogue(case, workspace, capsys):
+    make_args, needle = CASES[case]
+    out_dir = workspace / "out"
+    before = sorted(p.name for p in out_dir.rglob("*")) if out_dir.exists() else []
+    taken = (workspace / "taken.png").read_bytes()
+    code = cli.main(make_args(workspace))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (case, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sddr-jax ") and ": error: " in lines[0], err
+    assert needle in lines[0], (case, lines[0])
+    after = sorted(p.name for p in out_dir.rglob("*")) if out_dir.exists() else []
+    assert after == before, f"{case}: left output behind: {set(after) - set(before)}"
+    assert (workspace / "taken.png").read_bytes() == taken
+
+
+def test_refine_demo_layout_with_previews(workspace, capsys):
+    out = workspace / "demo_out"
+    args = ["refine", "--checkpoint", str(workspace / "model.pt"), "--input", str(workspace / "demo"),
+            "--output", str(out), "--size", str(S), "--preview"]
+    assert cli.main(args) == 0
+    for name in ("a", "b"):
+        m = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert m.dtype == np.uint16 and m.shape == (40, 56)  # the RGB's size, as the official demo
+        assert m.min() == 0 and m.max() == 65535  # official min-max normalisation
+        assert (out / f"{name}_preview.png").is_file()
+    # a second run refuses before writing anything; --format npy writes floats equal to the png up to rounding
+    assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert cli.main(args[:-1] + ["--format", "npy"]) == 0
+    a16 = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(io.to_uint_official(io.read_depth(out / "a.npy")), a16)
