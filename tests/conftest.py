@@ -22,3 +22,14 @@ DATA_DIR = pathlib.Path(__file__).parent / "data"
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def official_state():
+    """tests/data/official_state.py as a module: the deterministic random official state dict and inputs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("official_state", DATA_DIR / "official_state.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

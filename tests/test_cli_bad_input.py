@@ -3,7 +3,6 @@
 Plus the folder mode of `sddr-jax refine` (official demo layout, previews) on a random-weight checkpoint.
 """
 import collections
-import importlib.util
 import pickle
 import zipfile
 
@@ -18,11 +17,8 @@ S = 128
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, data_dir):
+def workspace(tmp_path_factory, official_state):
     d = tmp_path_factory.mktemp("cat")
-    spec = importlib.util.spec_from_file_location("official_state", data_dir / "official_state.py")
-    official_state = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official_state)
     sd = collections.OrderedDict(official_state.official_state_dict(0))
     save_torch_file({"net": sd}, d / "model.pt")
     convert.save_params(convert.official_to_flax(sd), d / "converted")

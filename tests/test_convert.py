@@ -17,12 +17,7 @@ from sddr_jax.torch_pickle import load_torch_file, save_torch_file
 
 
 @pytest.fixture(scope="module")
-def official(data_dir):
-    sys.path.insert(0, str(data_dir))
-    try:
-        import official_state
-    finally:
-        sys.path.pop(0)
+def official(data_dir, official_state):
     z = np.load(data_dir / "official_parity.npz")
     keys = json.loads((data_dir / "official_keys.json").read_text())["keys"]
     sd = official_state.official_state_dict(int(z["state_seed"]))

@@ -1,6 +1,5 @@
 """The refiner network (spec 3): parity with the official PyTorch model, shapes, the cross-attention quirk."""
 import json
-import sys
 
 import chex
 import flax
@@ -19,12 +18,7 @@ PARITY_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def fixture(data_dir):
-    sys.path.insert(0, str(data_dir))
-    try:
-        import official_state
-    finally:
-        sys.path.pop(0)
+def fixture(data_dir, official_state):
     z = np.load(data_dir / "official_parity.npz")
     return official_state, {k: z[k] for k in z.files}
 

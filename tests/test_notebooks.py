@@ -5,15 +5,14 @@ the parameters after the `parameters` cell. The reproduce notebook gets a synthe
 format (random weights, every official key) and a tiny demo folder, so its convert and refine parts really
 run; its Middlebury part is skipped with its message (no data here).
 """
-import importlib.util
 import pathlib
 
-import nbformat
 import numpy as np
 import pytest
 from PIL import Image
 
 papermill = pytest.importorskip("papermill")
+nbformat = pytest.importorskip("nbformat")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "colab"
@@ -39,12 +38,9 @@ def _stdout(nb) -> str:
                    if o.get("output_type") == "stream")
 
 
-def test_reproduce_official(tmp_path, data_dir):
+def test_reproduce_official(tmp_path, official_state):
     from sddr_jax.torch_pickle import save_torch_file
 
-    spec = importlib.util.spec_from_file_location("official_state", data_dir / "official_state.py")
-    official_state = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official_state)
     ckpt = tmp_path / "model_dict_1_5600.pt"
     save_torch_file({"net": official_state.official_state_dict(0)}, ckpt)
     demo = tmp_path / "demo"

@@ -17,16 +17,6 @@ S = 128
 
 
 @pytest.fixture(scope="module")
-def official_state(data_dir):
-    sys.path.insert(0, str(data_dir))
-    try:
-        import official_state
-    finally:
-        sys.path.pop(0)
-    return official_state
-
-
-@pytest.fixture(scope="module")
 def params(official_state):
     return convert.official_to_flax(official_state.official_state_dict(0))
 
