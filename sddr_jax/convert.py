@@ -241,6 +241,18 @@ def count_params(params: Mapping) -> int:
 # conversion
 
 
+def key_report(missing, unexpected, problems) -> str:
+    """One line listing every missing, unexpected and bad (shape-mismatched / non-identical alias) key."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected))
+    if problems:
+        parts.append(f"{len(problems)} bad tensor(s): " + "; ".join(problems))
+    return " | ".join(parts)
+
+
 def official_to_flax(state_dict: Mapping[str, Any]) -> Params:
     """Convert the official FuseNet state dict (PyTorch layouts, 528 keys) to `Refiner` params.
 
@@ -285,14 +297,8 @@ def official_to_flax(state_dict: Mapping[str, Any]) -> Params:
         if a.shape != c.shape or a.dtype != c.dtype or not np.array_equal(a.view(np.uint8), c.view(np.uint8)):
             problems.append(f"{key}: alias of {canon} but not bit-identical to it")
     if missing or unexpected or problems:
-        lines = []
-        if missing:
-            lines.append(f"{len(missing)} missing key(s): " + ", ".join(missing))
-        if unexpected:
-            lines.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected))
-        if problems:
-            lines.append(f"{len(problems)} bad tensor(s): " + "; ".join(problems))
-        raise UserError("official state dict does not match the SDDR refiner: " + " | ".join(lines))
+        raise UserError("official state dict does not match the SDDR refiner: "
+                        + key_report(missing, unexpected, problems))
     return params
 
 
@@ -372,14 +378,8 @@ def load_mit_imagenet(path: str | os.PathLike, params: Mapping, backbone: str = 
             continue
         _set(new, path, np.ascontiguousarray(TRANSFORMS[kind][0](a.astype(np.float32))))
     if missing or unexpected or problems:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing))
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected))
-        if problems:
-            parts.append("; ".join(problems))
-        raise UserError(f"{where}: not a SegFormer MiT-{backbone} checkpoint: " + " | ".join(parts))
+        raise UserError(f"{where}: not a SegFormer MiT-{backbone} checkpoint: "
+                        + key_report(missing, unexpected, problems))
     return {"params": new} if "params" in params else new
 
 
