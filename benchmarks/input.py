@@ -4,7 +4,7 @@
                                [--json PATH]
 
 For each size S it builds a small `sddr_synthetic` dataset at S x S (temporary directory), then streams
-batches through `input_pipeline.make_dataset` at S, (a) decode + augmentation only and (b) with the
+batches through `pipeline.make_dataset` at S, (a) decode + augmentation only and (b) with the
 simulated base predictor (its first batch, which compiles it, is not timed). CPU numbers; compare rows of
 one run, not across machines.
 """
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from sddr_jax import input_pipeline as ip
-    from sddr_jax import scenes
+    from sddr_jax.data import pipeline as ip
+    from sddr_jax.data import scenes
     from sddr_jax_datasets.sddr_synthetic import sddr_synthetic_dataset_builder as synth
 
     rows = []

@@ -1,4 +1,4 @@
-"""Benchmark: one-stage refine (spec 5.1) with the JAX refiner, float32 and bfloat16, at S = 1024 and 2048,
+"""Benchmark: one-stage refine (docs/method.md §5.1) with the JAX refiner, float32 and bfloat16, at S = 1024 and 2048,
 side by side with the official PyTorch refiner on the same machine in the same run.
 
     python benchmarks/refiner.py [--sizes 1024 2048] [--runs 5] [--dtypes float32 bfloat16] [--no-torch]
@@ -62,7 +62,7 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
     import numpy as np
 
     from sddr_jax import convert
-    from sddr_jax.refine import refine_one_stage, refiner_inference
+    from sddr_jax.inference.one_stage import refine_one_stage, refiner_inference
 
     official_state, low, high = _inputs(size)
     params = jax.device_put(convert.official_to_flax(official_state.official_state_dict(0)))

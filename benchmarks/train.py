@@ -26,12 +26,13 @@ import numpy as np  # noqa: E402
 
 def bench(size: int, mode: str, batch_per_device: int, steps: int, with_labels: bool, dtype: str) -> dict:
     from sddr_jax import losses
-    from sddr_jax import train as T
+    from sddr_jax import training as T
+    from sddr_jax.models import build_refiner
 
     config = T.default_config()
     config.model.dtype = dtype
     config.data.image_size = size
-    model = T.make_model(config)
+    model = build_refiner(config.model)
     tx = T.make_optimizer(config.optimizer, 1000)
     x = jnp.zeros((1, 128, 128, 1), jnp.float32)
     params = jax.device_get(model.init(jax.random.PRNGKey(0), x, x)["params"])

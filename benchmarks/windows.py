@@ -1,10 +1,10 @@
-"""Benchmark: batched vs sequential coarse-to-fine windows on a 1920x1080 image (spec 5.2, 6).
+"""Benchmark: batched vs sequential coarse-to-fine windows on a 1920x1080 image (docs/method.md §5.2, §6).
 
-Two tasks, each timed batched (sddr_jax.coarse_to_fine: one refiner call per step) and sequential (the
+Two tasks, each timed batched (sddr_jax.inference.two_stage: one refiner call per step) and sequential (the
 official loop: one window at a time, refiner batch of one, OpenCV merges on the host):
 
 * two-stage refine, official schedule (1 + 4 + 9 refiner calls);
-* G_S pseudo-labels (the same windows plus the gradient track of spec 6; without the percentile masks and
+* G_S pseudo-labels (the same windows plus the gradient track of docs/method.md §6; without the percentile masks and
   regions P_n, which the sequential loop does not compute).
 
 The MiT-b0 Refiner runs with random parameters (timing does not depend on their values) at each refiner
@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sddr_jax import windows as W
-from sddr_jax.coarse_to_fine import edge_labels, official_refiner, refine_two_stage
+from sddr_jax.inference import windows as W
+from sddr_jax.inference.two_stage import official_refiner, refine_two_stage
+from sddr_jax.training.labels import edge_labels
 from sddr_jax.edges import sobel_abs
 from sddr_jax.models import Refiner
 from sddr_jax.ops import resize_bilinear

@@ -1,4 +1,4 @@
-"""The paper's recipe (spec 10): S = 2048, batch 2, AdamW lr 1e-4 (wd 0.01), x0.99 every 100 steps,
+"""The paper's recipe (docs/method.md §10): S = 2048, batch 2, AdamW lr 1e-4 (wd 0.01), x0.99 every 100 steps,
 lambda_grad = 0.5, lambda_fusion = 0.1, one L_gt-only epoch then two self-distillation epochs.
 
 Data: the paper mixes 20,000 natural-scene images (Holopix50K, iBims-1, WSVD, VDW) and 20,000 synthetic ones
@@ -14,7 +14,7 @@ Arguments: `paper_loss` (default: the `official` loss whose w_grad = 0.5 is the 
 w_mask = 0.1 its lambda_fusion), `shard_map`, `tiny` (S = 256, a few steps: checks that the recipe runs).
 """
 from sddr_jax.losses import default_loss_config
-from sddr_jax.train import default_config
+from sddr_jax_configs.default import get_config as default_config
 
 EPOCH_STEPS = 20_000  # 40,000 images / batch 2
 
@@ -48,7 +48,7 @@ def get_config(arg: str = ""):
 
     c.train.num_steps = 3 * EPOCH_STEPS
     c.train.gt_only_steps = EPOCH_STEPS  # epoch 1: L_gt only
-    c.train.label_refresh_steps = EPOCH_STEPS  # G_S regenerated at the start of each later epoch (spec 10)
+    c.train.label_refresh_steps = EPOCH_STEPS  # G_S regenerated at the start of each later epoch (docs/method.md §10)
     c.train.log_every = 100
     c.train.eval_every = 5_000
     c.train.checkpoint_every = 1_000

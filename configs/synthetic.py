@@ -1,9 +1,9 @@
-"""The embedded default experiment: self-distillation on `sddr_synthetic` with the simulated predictor (spec 10).
+"""The embedded default experiment: self-distillation on `sddr_synthetic` with the simulated predictor (docs/method.md §10).
 
 CPU-sized: S = 256, the `tiny` build of the dataset (96 train / 32 test scenes). The default (what
 `sddr-jax demo` trains) is 140 steps, about 6 minutes on 2 cores: 90 L_gt-only steps, then two pseudo-label
 rounds of 25 steps. `:acceptance` is the 400-step schedule of docs/results.md (about 14 minutes).
-Everything not set here keeps the spec-10 value of `sddr_jax.train.default_config()`.
+Everything not set here keeps the §10 value of `configs/default.py`.
 
     sddr-jax train --config configs/synthetic.py --workdir runs/synthetic
     sddr-jax train --config configs/synthetic.py:acceptance --workdir runs/acc       # docs/results.md
@@ -14,7 +14,7 @@ Arguments (comma-separated): `acceptance`, `tiny`, `gt_only` (no self-distillati
 (the paper's loss instead of the official one), `shard_map` (jit + shard_map instead of pmap).
 """
 from sddr_jax.losses import default_loss_config
-from sddr_jax.train import default_config
+from sddr_jax_configs.default import get_config as default_config
 
 
 def get_config(arg: str = ""):

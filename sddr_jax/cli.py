@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     cmd_parser = argparse.ArgumentParser(prog=f"sddr-jax {name}", description=help_text)
     module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(rest)
+    if hasattr(module, "parse_extra"):  # a command that takes free-form options (train's --config.KEY=VALUE)
+        args, extra = cmd_parser.parse_known_args(rest)
+        module.parse_extra(args, extra, cmd_parser)
+    else:
+        args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
     except (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as e:

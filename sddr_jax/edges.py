@@ -10,6 +10,7 @@ Results keep the input's layout. Everything is pure jnp with static shapes: jitt
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -34,16 +35,23 @@ def as_maps(x, name: str) -> tuple[Array, Callable[[Array], Array]]:
     raise UserError(f"{name}: expected (H, W), (B, H, W) or (B, H, W, 1), got shape {tuple(x.shape)}")
 
 
-def sobel_abs(depth) -> Array:
-    """G(D) = |K1 * D| + |K2 * D| with 3x3 Sobel kernels, cross-correlation, zero padding 1 (spec 6).
+SOBEL_BORDERS = {"zero": "constant", "replicate": "edge", "reflect101": "reflect"}
 
-    K1 = [[-1,-2,-1],[0,0,0],[1,2,1]] (vertical derivative), K2 = K1^T (horizontal). This is the operator of
-    the official local-gradient loss. `depth`: (H, W), (B, H, W) or (B, H, W, 1); the result has the same
-    shape.
+
+def sobel_abs(depth, border: str = "zero") -> Array:
+    """G(D) = |K1 * D| + |K2 * D| with 3x3 Sobel kernels, cross-correlation (docs/method.md §6).
+
+    K1 = [[-1,-2,-1],[0,0,0],[1,2,1]] (vertical derivative), K2 = K1^T (horizontal). `border` is how the
+    1-pixel frame is padded: "zero" (the operator of the official local-gradient loss, OpenCV
+    BORDER_CONSTANT; the frame itself then reads as a step), "replicate" (BORDER_REPLICATE: a constant map has
+    zero gradient everywhere) or "reflect101" (OpenCV's default border, used by the official adaptive
+    resolution rule). `depth`: (H, W), (B, H, W) or (B, H, W, 1); the result has the same shape.
     """
+    if border not in SOBEL_BORDERS:
+        raise UserError(f"sobel_abs: border must be one of {sorted(SOBEL_BORDERS)}, got {border!r}")
     d, restore = as_maps(depth, "sobel_abs depth")
     d = d.astype(jnp.promote_types(d.dtype, jnp.float32))
-    p = jnp.pad(d, ((0, 0), (1, 1), (1, 1)))
+    p = jnp.pad(d, ((0, 0), (1, 1), (1, 1)), mode=SOBEL_BORDERS[border])
     h, w = d.shape[-2:]
 
     def at(dy: int, dx: int) -> Array:  # the neighbour at offset (dy, dx), dy, dx in {-1, 0, 1}
@@ -67,7 +75,7 @@ def _check_q(q: float, name: str) -> float:
 
 
 def mask_edge(label, q: float = 0.85) -> Array:
-    """Pixels of the edge label G_S above its q-quantile, per image (spec 6: `mask_edge`, default 85th).
+    """Pixels of the edge label G_S above its q-quantile, per image (docs/method.md §6: `mask_edge`, default 85th).
 
     Tie rule (ours): if the quantile equals the map's maximum (at least 1 - q of the pixels share the largest
     value, e.g. a constant map), `>` would select nothing, so `>=` is used for that map instead.
@@ -79,7 +87,7 @@ def mask_edge(label, q: float = 0.85) -> Array:
 
 
 def mask_flat(label, q: float = 0.15) -> Array:
-    """Pixels of the edge label G_S below its q-quantile, per image (spec 6: `mask_flat`, default 15th).
+    """Pixels of the edge label G_S below its q-quantile, per image (docs/method.md §6: `mask_flat`, default 15th).
 
     Tie rule (ours): if the quantile equals the map's minimum (many exactly flat pixels, common on synthetic
     scenes where G_S is exactly 0 on planes), `<` would select nothing, so `<=` is used for that map.
@@ -140,7 +148,7 @@ def top_fraction_mask(label, top_fraction: float = 0.05) -> Array:
 
 def edge_regions(label, num_regions: int = 4, top_fraction: float = 0.05, margin: int = 8,
                  iterations: int = 10, key=None) -> Array:
-    """The paper's edge-dense regions P_n (spec 6), as boolean masks with static shapes.
+    """The paper's edge-dense regions P_n (docs/method.md §6), as boolean masks with static shapes.
 
     1. Binarise G_S keeping its top `top_fraction` (>= the (1 - top_fraction)-quantile, per image).
     2. k-means (k = `num_regions` = N_g, `iterations` Lloyd steps, fixed count so it jits) on the (row, col)
@@ -168,3 +176,31 @@ def edge_regions(label, num_regions: int = 4, top_fraction: float = 0.05, margin
         keys = jax.random.split(key, g.shape[0])
         out = jax.vmap(lambda t, k: _kmeans_regions(t, n, int(margin), int(iterations), k))(top, keys)
     return out[0] if jnp.ndim(label) == 2 else out
+
+
+def bilateral_filter(x: Array, radius: int, sigma_space: float, sigma_range: float) -> Array:
+    """Edge-preserving bilateral filter of (..., H, W, C) maps (docs/method.md §6 step 1; parameters are ours).
+
+    Weights exp(-d^2 / (2 sigma_space^2)) * exp(-(x_q - x_p)^2 / (2 sigma_range^2)) over a
+    (2 radius + 1)^2 window with replicated borders. Jittable; cost O(radius^2) shifted copies.
+    """
+    radius = int(radius)
+    if radius < 1 or not sigma_space > 0 or not sigma_range > 0:
+        raise UserError(
+            "bilateral_filter: need radius >= 1 and positive sigmas, "
+            f"got {(radius, sigma_space, sigma_range)}"
+        )
+    pad = [(0, 0)] * (x.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
+    p = jnp.pad(x, pad, mode="edge")
+    h, w = x.shape[-3], x.shape[-2]
+    num = jnp.zeros_like(x)
+    den = jnp.zeros_like(x)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            q = p[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w, :]
+            wt = math.exp(-(dy * dy + dx * dx) / (2 * sigma_space**2)) * jnp.exp(
+                -jnp.square(q - x) / (2 * sigma_range**2)
+            )
+            num = num + wt * q
+            den = den + wt
+    return num / den

@@ -2,16 +2,15 @@
 
 Formats: `.npy` (float32), `.png` (8- or 16-bit, single channel), `.pfm` (float32, single channel),
 `.tif` / `.tiff` (float32 via OpenCV). Readers return float32 (H, W) arrays WITHOUT rescaling (the official
-demo reads 16-bit PNGs as raw float32 values; spec 5.1). Writers never overwrite an existing file unless
+demo reads 16-bit PNGs as raw float32 values; docs/method.md §5.1). Writers never overwrite an existing file unless
 overwrite=True and write through a temporary file + os.replace, so a crash never leaves half a file.
 
-PNG output follows the official demo (spec 5.1 step 5): min-max normalise, multiply by 65535 (or 255 for
+PNG output follows the official demo (docs/method.md §5.1 step 5): min-max normalise, multiply by 65535 (or 255 for
 8-bit), truncate to an unsigned integer.
 """
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -43,38 +42,96 @@ def _single_channel(a: np.ndarray, path: Path) -> np.ndarray:
     return a
 
 
-def read_pfm(path: str | os.PathLike) -> np.ndarray:
-    """Read a PFM file ('Pf' grayscale) as float32 (H, W), top row first."""
+def read_pfm(path: str | os.PathLike, *, channels: int | None = 1, return_scale: bool = False):
+    """A PFM file as float32, top row first (PFM stores rows bottom-up): (H, W) for 'Pf', (H, W, 3) for 'PF'.
+
+    channels: 1 (default) refuses a 3-channel 'PF' file with a clear error (depth maps are single-channel);
+    None accepts both. Comment lines (#) and a size split over lines are accepted. With `return_scale`,
+    returns `(array, abs(scale))`: the header's scale factor (its sign is the byte order).
+    """
     p = Path(path)
     with open(p, "rb") as f:
         header = f.readline().strip()
-        if header == b"PF":
+        if header not in (b"Pf", b"PF"):
+            raise UserError(f"{p}: not a PFM file (header {header[:8]!r}, expected b'Pf' or b'PF')")
+        c = 1 if header == b"Pf" else 3
+        if channels is not None and c != channels:
             raise UserError(f"{p}: expected a single-channel depth map, got a 3-channel PFM")
-        if header != b"Pf":
-            raise UserError(f"{p}: not a PFM file (header {header[:8]!r})")
-        dims = f.readline()
-        while dims.startswith(b"#"):
-            dims = f.readline()
-        m = re.match(rb"^\s*(\d+)\s+(\d+)\s*$", dims)
-        if not m:
-            raise UserError(f"{p}: malformed PFM size line {dims[:40]!r}")
-        w, h = int(m.group(1)), int(m.group(2))
+        dims: list[bytes] = []
+        while len(dims) < 2:  # width and height, possibly after comments or over two lines
+            line = f.readline()
+            if not line:
+                break
+            if not line.lstrip().startswith(b"#"):
+                dims += line.split()
         try:
+            w, h = int(dims[0]), int(dims[1])
             scale = float(f.readline().strip())
-        except ValueError:
-            raise UserError(f"{p}: malformed PFM scale line") from None
+        except (ValueError, IndexError):
+            raise UserError(f"{p}: malformed PFM header (size {b' '.join(dims)[:40]!r})") from None
+        if w < 1 or h < 1:
+            raise UserError(f"{p}: PFM size {w}x{h} is empty")
         dtype = "<f4" if scale < 0 else ">f4"
         data = f.read()
-    if len(data) < w * h * 4:
-        raise UserError(f"{p}: PFM data truncated ({len(data)} bytes for {w}x{h})")
-    a = np.frombuffer(data, dtype, count=w * h).reshape(h, w)
-    return np.flipud(a).astype(np.float32)
+    need = w * h * c
+    if len(data) < need * 4:
+        raise UserError(f"{p}: PFM data truncated ({len(data)} bytes for {w}x{h}x{c} float32 values)")
+    a = np.frombuffer(data, dtype, count=need).reshape((h, w, 3) if c == 3 else (h, w))
+    a = np.flipud(a).astype(np.float32)
+    return (a, abs(scale)) if return_scale else a
+
+
+def write_pfm(path: str | os.PathLike, array: Any, *, overwrite: bool = False) -> Path:
+    """Write a float32 (H, W) map as a little-endian 'Pf' PFM (scale -1, bottom row first), atomically."""
+    a = np.asarray(array, np.float32)
+    if a.ndim != 2:
+        raise UserError(f"write_pfm {path}: expected an (H, W) array, got shape {a.shape}")
+    data = _pfm_bytes(a)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
 
 def _pfm_bytes(a: np.ndarray) -> bytes:
     h, w = a.shape
     header = f"Pf\n{w} {h}\n-1.0\n".encode("ascii")
     return header + np.flipud(a).astype("<f4").tobytes()
+
+
+def parse_middlebury_calib(text: str) -> dict[str, str]:
+    """Middlebury `calib.txt` content -> {name: value string} (lines `name=value`; the first one wins)."""
+    calib: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            calib.setdefault(k.strip(), v.strip())
+    return calib
+
+
+def read_middlebury_calib(path: str | os.PathLike, *, parse_values: bool = False) -> dict[str, Any]:
+    """A Middlebury `calib.txt` file: {name: value string}, or with `parse_values` the camera matrices
+    (`cam0`, `cam1`) as 3x3 float64 arrays and every other value as a float where it is one (then `cam0`,
+    `baseline` and `doffs` are required)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Middlebury calib file not found: {p}")
+    calib: dict[str, Any] = parse_middlebury_calib(p.read_text(encoding="utf-8"))
+    if not parse_values:
+        return calib
+    for key, value in list(calib.items()):
+        if key.startswith("cam"):
+            rows = value.strip("[]").split(";")
+            try:
+                calib[key] = np.array([[float(v) for v in r.split()] for r in rows], np.float64)
+            except ValueError:
+                raise UserError(f"{p}: malformed {key} matrix {value!r}") from None
+        else:
+            try:
+                calib[key] = float(value)
+            except ValueError:
+                pass
+    for key in ("cam0", "baseline", "doffs"):
+        if key not in calib:
+            raise UserError(f"{p}: missing '{key}' (expected Middlebury calib.txt with cam0, doffs, baseline)")
+    return calib
 
 
 def read_depth(path: str | os.PathLike) -> np.ndarray:
@@ -145,6 +202,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     return p
 
 
+def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write a text file atomically (`atomic_write`); refuses to replace one unless `overwrite`."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, overwrite: bool = True) -> Path:
+    """`obj` as indented, key-sorted JSON, written atomically (replacing an existing file by default)."""
+    import json
+
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True), overwrite=overwrite)
+
+
 def write_depth(
     path: str | os.PathLike, depth: Any, *, overwrite: bool = False, bits: int = 16
 ) -> Path:
@@ -201,6 +270,22 @@ __all__ = [
     "read_depth",
     "read_image_size",
     "read_pfm",
+    "write_pfm",
+    "parse_middlebury_calib",
+    "read_middlebury_calib",
     "to_uint_official",
     "write_depth",
 ]
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create `path` if needed and make sure files can be written in it (a clear error otherwise)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write_probe{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{what} {p}: not writable ({e.strerror or e})") from None
+    return p

@@ -1,4 +1,4 @@
-"""Losses (spec 8): shared pieces, the `official` and `paper` composite losses, the edge-guided ranking
+"""Losses (docs/method.md §8): shared pieces, the `official` and `paper` composite losses, the edge-guided ranking
 loss, registry.
 
 Shared pieces work on maps `(B, H, W)` or NHWC `(B, H, W, 1)` (a 2-D `(H, W)` map is one image):
@@ -31,7 +31,7 @@ import ml_collections
 
 from sddr_jax import edges
 from sddr_jax.errors import UserError
-from sddr_jax.ops import resize_nearest
+from sddr_jax.ops import align_scale_shift, resize_nearest
 
 Array = jax.Array
 LossFn = Callable[[Any, Mapping, Mapping | None, Any], tuple[Array, dict]]
@@ -87,7 +87,7 @@ def _cfg(config, name: str):
 
 
 # ----------------------------------------------------------------------------------------------------
-# shared pieces (spec 8.1)
+# shared pieces (docs/method.md §8.1)
 
 
 def _maps3(x, name: str) -> Array:
@@ -114,7 +114,7 @@ def _lower_median(v: Array) -> Array:
 
 
 def robust_normalize(x, mask, median_includes_masked_zeros: bool = True) -> Array:
-    """nu(x; M) = (x - m) / s per image (spec 8.1); x, mask (B, H, W) or (B, H, W, 1); same shape out.
+    """nu(x; M) = (x - m) / s per image (docs/method.md §8.1); x, mask (B, H, W) or (B, H, W, 1); same shape out.
 
     m = median of M * x over *all* pixels (official code; lower middle element for even counts), or over the
     masked pixels only with `median_includes_masked_zeros=False`; s = max(sum M |x - m| / sum M, 1e-6).
@@ -165,7 +165,7 @@ def _data_term(xh: Array, yh: Array, m: Array, trim_fraction: float) -> Array:
 
 
 def data_term(xh, yh, mask, trim_fraction: float = 0.0) -> Array:
-    """l_data = sum_M |x - y| / (2 sum_batch M) (spec 8.1); 0 for an empty mask.
+    """l_data = sum_M |x - y| / (2 sum_batch M) (docs/method.md §8.1); 0 for an empty mask.
 
     `trim_fraction` > 0 drops the largest residuals of the batch first (the official code's intent; its own
     trimming is a no-op, hence default 0).
@@ -190,7 +190,7 @@ def _gradient_matching(xh: Array, yh: Array, m: Array, scales: int) -> Array:
 
 
 def gradient_matching(xh, yh, mask, scales: int = 4) -> Array:
-    """Multi-scale gradient matching l_gm (spec 8.1): steps 1, 2, 4, 8 by striding, batch-pooled per scale."""
+    """Multi-scale gradient matching l_gm (docs/method.md §8.1): steps 1, 2, 4, 8 by striding, batch-pooled per scale."""
     x, y, m = _prepare(xh, yh, mask, "gradient_matching")
     return _gradient_matching(x, y, m, int(scales))
 
@@ -208,7 +208,7 @@ def _ssi(p: Array, t: Array, m: Array, alpha: float, trim_fraction: float, media
 
 def ssi_loss(pred, target, mask, alpha: float = 0.5, *, trim_fraction: float = 0.0,
              median_includes_masked_zeros: bool = True, scales: int = 4) -> Array:
-    """l_ssi(x, y; M, alpha) = l_data(nu(x), nu(y)) + alpha l_gm(nu(x), nu(y)) (spec 8.1). Scalar.
+    """l_ssi(x, y; M, alpha) = l_data(nu(x), nu(y)) + alpha l_gm(nu(x), nu(y)) (docs/method.md §8.1). Scalar.
 
     pred, target, mask: (B, H, W), (B, H, W, 1) or (H, W), one shape. Non-finite targets are masked out.
     Zero for an empty mask; differentiable (finite gradients) for constant maps and masked NaNs.
@@ -218,7 +218,7 @@ def ssi_loss(pred, target, mask, alpha: float = 0.5, *, trim_fraction: float = 0
 
 
 # ----------------------------------------------------------------------------------------------------
-# edge-guided ranking loss (spec 8.4)
+# edge-guided ranking loss (docs/method.md §8.4)
 
 _RANK_A = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # x kernel
 _RANK_B = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))  # y kernel
@@ -295,7 +295,7 @@ def ranking_loss_single(pred: Array, target: Array, image: Array, key, sigma: fl
 
 def ranking_loss(pred, target, image, key, sigma: float = 0.03, alpha: float = 1.0, mask_value: float = 0.1,
                  legacy_anchor_column_bug: bool = False) -> Array:
-    """Edge-guided ranking loss (spec 8.4), averaged over the batch. Scalar.
+    """Edge-guided ranking loss (docs/method.md §8.4), averaged over the batch. Scalar.
 
     pred, target: (B, H, W) or (B, H, W, 1); target <= 0 (or non-finite) marks invalid pixels. image:
     (B, H, W, C) (edges from channel 0) or (B, H, W). `key`: a PRNG key (split per image).
@@ -367,7 +367,7 @@ def gt_loss(outputs, batch, c: Mapping, side_outputs: bool = True) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("q_low", "q_high"))
 def soft_mask_loss(mask, edge_mask, flat_mask, q_low: float = 0.15, q_high: float = 0.85) -> Array:
-    """Official soft-mask term E_m + F_m for one mask m (B, h, w, 1) (spec 8.2, item 2).
+    """Official soft-mask term E_m + F_m for one mask m (B, h, w, 1) (docs/method.md §8.2, item 2).
 
     lo / hi = the values at indices floor(q_low N) / floor(q_high N) of the ascending sort of all mask values
     in the batch; E = mean of m over edge pixels with m > lo (pushes m to 0 on edges), F = mean of (1 - m)
@@ -386,19 +386,6 @@ def soft_mask_loss(mask, edge_mask, flat_mask, q_low: float = 0.15, q_high: floa
     e = jnp.where(ne > 0, jnp.sum(jnp.where(sel_e, m, 0.0)) / jnp.maximum(ne, 1.0), 0.0)
     f = jnp.where(nf > 0, jnp.sum(jnp.where(sel_f, 1.0 - m, 0.0)) / jnp.maximum(nf, 1.0), 0.0)
     return e + f
-
-
-def _lsq_beta(x: Array, y: Array, m: Array) -> tuple[Array, Array]:
-    """Least-squares (b1, b0) with b1 x + b0 ~ y over m, batched over leading axes of the (.., H, W) maps."""
-    mf = m.astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(mf, axis=(-2, -1)), 1.0)
-    mx = jnp.sum(mf * x, axis=(-2, -1)) / n
-    my = jnp.sum(mf * y, axis=(-2, -1)) / n
-    xc = mf * (x - mx[..., None, None])
-    yc = mf * (y - my[..., None, None])
-    var = jnp.sum(xc * xc, axis=(-2, -1))
-    b1 = jnp.where(var > 1e-12, jnp.sum(xc * yc, axis=(-2, -1)) / jnp.where(var > 1e-12, var, 1.0), 0.0)
-    return b1, my - b1 * mx
 
 
 def region_gradient_loss(g0, gs, regions, beta_stop_gradient: bool = False) -> Array:
@@ -421,7 +408,7 @@ def _region_gradient(x: Array, y: Array, r: Array, beta_stop_gradient: bool) -> 
     r = r & jnp.isfinite(y)[:, None]
     y = jnp.where(jnp.isfinite(y), y, 0.0)
     xs, ys = x[:, None], y[:, None]
-    b1, b0 = _lsq_beta(xs, ys, r)
+    b1, b0 = align_scale_shift(xs, ys, r, axes=(-2, -1), min_var=1e-12, degenerate="mean")
     if beta_stop_gradient:
         b1, b0 = jax.lax.stop_gradient(b1), jax.lax.stop_gradient(b0)
     res = jnp.where(r, jnp.abs(b1[..., None, None] * xs + b0[..., None, None] - ys), 0.0)
@@ -432,7 +419,7 @@ def _region_gradient(x: Array, y: Array, r: Array, beta_stop_gradient: bool) -> 
 
 @functools.partial(jax.jit, static_argnames=("a", "n_w"))
 def fusion_loss(mask, gs, a: float = 0.02, n_w: int = 4) -> Array:
-    """Paper's L_fusion for one soft mask m (B, h, w, 1) with G_S already at m's size (spec 8.3).
+    """Paper's L_fusion for one soft mask m (B, h, w, 1) with G_S already at m's size (docs/method.md §8.3).
 
     Omega = 1 - m. Per image: t_q = q-quantile of G_S, T_q = q-quantile of Omega; for n = 1..N_w, pixels with
     G_S < t_{n a} add max(0, Omega - T_{n a}) and pixels with G_S > t_{1 - n a} add max(0, T_{1 - n a} -
@@ -480,11 +467,11 @@ def _freeze(c: Mapping) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the `official` variant (spec 8.2)
+# the `official` variant (docs/method.md §8.2)
 
 
 def official_config() -> ml_collections.ConfigDict:
-    """Defaults of the `official` loss (spec 8.2 / 8.4), quirks as named flags."""
+    """Defaults of the `official` loss (docs/method.md §8.2 / 8.4), quirks as named flags."""
     return ml_collections.ConfigDict({
         "name": "official",
         "w_ssi": 1.0, "w_mask": 0.1, "w_grad": 0.5, "w_rank": 0.0,  # w = [w_ssi, w_mask, w_grad, w_rank]
@@ -502,7 +489,7 @@ def official_config() -> ml_collections.ConfigDict:
 
 @register_loss("official", official_config)
 def official_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
-    """The official release's training loss (spec 8.2).
+    """The official release's training loss (docs/method.md §8.2).
 
     Total = L_gt + L_mask + w_grad (w_grad L_local + w_rank L_rank); with `square_grad_weight=False`
     L_gt + L_mask + w_grad L_local + w_rank L_rank. With `labels=None`, L_gt only.
@@ -554,11 +541,11 @@ def _official_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the `paper` variant (spec 8.3)
+# the `paper` variant (docs/method.md §8.3)
 
 
 def paper_config() -> ml_collections.ConfigDict:
-    """Defaults of the `paper` loss (spec 8.3)."""
+    """Defaults of the `paper` loss (docs/method.md §8.3)."""
     return ml_collections.ConfigDict({
         "name": "paper",
         "w_ssi": 1.0, "lambda_grad": 0.5, "lambda_fusion": 0.1,
@@ -573,7 +560,7 @@ def paper_config() -> ml_collections.ConfigDict:
 
 @register_loss("paper", paper_config)
 def paper_loss(outputs, batch, labels, config) -> tuple[Array, dict]:
-    """The paper's loss (spec 8.3): L_gt + lambda_grad L_grad + lambda_fusion L_fusion.
+    """The paper's loss (docs/method.md §8.3): L_gt + lambda_grad L_grad + lambda_fusion L_fusion.
 
     With `labels=None`, L_gt only.
     L_fusion sums the term over m5 and m6. aux: l_gt, l_grad, l_fusion, total.

@@ -1,4 +1,4 @@
-"""Noise model D ~ D* + eps_cons + eps_edge and the simulated predictor (spec 7).
+"""Noise model D ~ D* + eps_cons + eps_edge and the simulated predictor (docs/method.md §7).
 
 Synthesis mode (rng-keyed, jittable, static shapes):
 
@@ -16,7 +16,7 @@ Simulated predictor (the embedded synthetic default): `simulated_predict(gt, siz
 a predictor trained at `train_res` and run at `size`; `simulate_prediction(gt, key)` returns the (low, high)
 pair.
 
-Approximations vs spec 7 (which is itself our reconstruction: the paper gives no numbers):
+Approximations vs docs/method.md §7 (which is itself our reconstruction: the paper gives no numbers):
 1. Connected components are computed by a fixed number of label-propagation steps (3x3 min of pixel indices,
    then two pointer jumps) inside each patch, so they jit. A component whose two parts are not joined after
    `cc_iterations` steps (long snakes) gets two transforms: slightly more inconsistency, never less.
@@ -43,6 +43,7 @@ import optax
 
 from sddr_jax import edges
 from sddr_jax.errors import UserError
+from sddr_jax.ops import fill_invalid, minmax_normalize
 
 Array = jax.Array
 
@@ -51,30 +52,16 @@ Array = jax.Array
 # helpers
 
 
-def _minmax(x: Array, axes=(-2, -1)) -> Array:
-    lo = jnp.min(x, axis=axes, keepdims=True)
-    hi = jnp.max(x, axis=axes, keepdims=True)
-    return (x - lo) / jnp.where(hi > lo, hi - lo, 1.0)
-
-
-def _fill_nonfinite(d: Array) -> Array:
-    """Non-finite pixels -> the mean of the finite ones (0 if none), per map (N, H, W)."""
-    ok = jnp.isfinite(d)
-    mean = jnp.sum(jnp.where(ok, d, 0.0), axis=(-2, -1), keepdims=True) / jnp.maximum(
-        jnp.sum(ok, axis=(-2, -1), keepdims=True), 1)
-    return jnp.where(ok, d, mean)
-
-
 def depth_edges(depth, edge_quantile: float = 0.9) -> Array:
     """Edge map of D* used by the noise model: Sobel magnitude of min-max D* (replicate border) > its
     `edge_quantile`-quantile, per map."""
     d, restore = edges.as_maps(depth, "depth_edges depth")
-    return restore(_edges3(_fill_nonfinite(d.astype(jnp.float32)), float(edge_quantile)))
+    return restore(_edges3(fill_invalid(d.astype(jnp.float32), axis=(-2, -1)), float(edge_quantile)))
 
 
 def _edges3(d: Array, q: float) -> Array:
-    # Replicate border (then crop): with sobel_abs's zero padding the image frame itself would be an edge.
-    g = edges.sobel_abs(jnp.pad(_minmax(d), ((0, 0), (1, 1), (1, 1)), mode="edge"))[:, 1:-1, 1:-1]
+    # Replicate border: with zero padding the image frame itself would be an edge.
+    g = edges.sobel_abs(minmax_normalize(d, axis=(-2, -1)), border="replicate")
     t = jnp.quantile(g.reshape(g.shape[0], -1), q, axis=-1)[:, None, None]
     return g > t
 
@@ -180,7 +167,7 @@ def _local_inconsistency3(d: Array, key, k_a: float, k_b: float, patch: int, str
 def local_inconsistency_noise(depth, key, k_a: float = 0.1, k_b: float = 0.05, patch: int = 64,
                               stride: int | None = None, edge_quantile: float = 0.9,
                               cc_iterations: int = 12) -> Array:
-    """eps_cons = D' - D* in synthesis mode (spec 7). Jittable; one key, split per map.
+    """eps_cons = D' - D* in synthesis mode (docs/method.md §7). Jittable; one key, split per map.
 
     depth: D* as (H, W), (B, H, W) or (B, H, W, 1). k_a: relative scale jitter (a ~ 1 + U(-k_a, k_a));
     k_b: shift jitter as a fraction of range(D*) (b ~ U(-k_b, k_b) range); patch, stride: tiling in pixels
@@ -196,14 +183,14 @@ def local_inconsistency_noise(depth, key, k_a: float = 0.1, k_b: float = 0.05, p
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _local_inconsistency_batch(d, key, k_a, k_b, patch, stride, q, iterations):
-    d = _fill_nonfinite(d.astype(jnp.float32))
+    d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
     keys = jax.random.split(key, d.shape[0])
     return jax.vmap(lambda x, k: _local_inconsistency3(x, k, k_a, k_b, patch, stride, q, iterations))(d, keys)
 
 
 def fit_local_inconsistency(prediction, depth, patch: int = 64, stride: int | None = None,
                             edge_quantile: float = 0.9, cc_iterations: int = 12) -> Array:
-    """Fitting mode of eps_cons (spec 7, step 4): D' with (a, b) per component solved by least squares so that
+    """Fitting mode of eps_cons (docs/method.md §7, step 4): D' with (a, b) per component solved by least squares so that
     a D* + b matches `prediction`; averaged over patches, edge pixels keep D*. Returns D' (input layout).
     Jittable.
     """
@@ -218,8 +205,8 @@ def fit_local_inconsistency(prediction, depth, patch: int = 64, stride: int | No
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _fit_local_batch(d, p, patch, stride, q, iterations):
-    d = _fill_nonfinite(d.astype(jnp.float32))
-    p = _fill_nonfinite(p.astype(jnp.float32))
+    d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
+    p = fill_invalid(p.astype(jnp.float32), axis=(-2, -1))
 
     def one(x: Array, y: Array) -> Array:
         nonedge = ~_edges3(x[None], q)[0]
@@ -308,7 +295,7 @@ def edge_deformation_noise(depth, key, down_size: int | None = None, num_bumps: 
                            amplitude: float = 0.05,
                            sigma_range: Sequence[float] = (1.0, 3.0), band: int = 2,
                            edge_quantile: float = 0.9) -> Array:
-    """eps_edge = D_r + sum of bumps - D* in synthesis mode (spec 7). Jittable; one key, split per map.
+    """eps_edge = D_r + sum of bumps - D* in synthesis mode (docs/method.md §7). Jittable; one key, split per map.
 
     down_size: the predictor's inference resolution; D_r = D* resized (linear, antialiased) to (down_size,
     down_size) and back (None: D_r = D*). num_bumps: K. amplitude: A_k ~ U(-1, 1) amplitude range(D*).
@@ -326,7 +313,7 @@ def edge_deformation_noise(depth, key, down_size: int | None = None, num_bumps: 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
 def _edge_deformation_batch(d, key, down_size, num_bumps, amplitude, sigma_range, band, edge_quantile,
                             radius):
-    d = _fill_nonfinite(d.astype(jnp.float32))
+    d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
     h, w = d.shape[-2:]
     dr = d if down_size is None else _resize(_resize(d, (down_size, down_size)), (h, w))
     emap = _edges3(d, float(edge_quantile))
@@ -353,7 +340,7 @@ def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, n
                          sigma_range: Sequence[float] = (0.5, 4.0), steps: int = 300,
                          learning_rate: float = 0.05,
                          band: int = 2, edge_quantile: float = 0.9, align: bool = True) -> dict:
-    """Fitting mode of eps_edge (spec 7): bumps (A, mu, sigma) fitted by Adam so that D_r + bumps ~
+    """Fitting mode of eps_edge (docs/method.md §7): bumps (A, mu, sigma) fitted by Adam so that D_r + bumps ~
     prediction.
 
     prediction, depth: (H, W) maps (host or device arrays; one image). `align`: first map the prediction to
@@ -371,8 +358,8 @@ def fit_edge_deformation(prediction, depth, key, down_size: int | None = None, n
     if int(steps) < 1 or int(num_bumps) < 1:
         raise UserError(f"fit_edge_deformation: steps and num_bumps must be >= 1, "
                         f"got {steps} and {num_bumps}")
-    d = _fill_nonfinite(d[None])[0]
-    p = _fill_nonfinite(p[None])[0]
+    d = fill_invalid(d, axis=(-2, -1))
+    p = fill_invalid(p, axis=(-2, -1))
     h, w = d.shape
     if align:
         pc, dc = p - jnp.mean(p), d - jnp.mean(d)
@@ -440,10 +427,10 @@ def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio:
     gt: ground-truth depth (B, H, W, 1) or (H, W); returns (B, size, size, 1) (or (size, size)), min-max
     normalised to [0, 1] per image, in depth space (like LeReS). Jittable (`size` static). Model:
     1. D* = gt resized to size x size (linear, antialiased): what the predictor can see.
-    2. Blur: spec 7's down/up sampling at the inference resolution is step 1 plus the final resize back to the
+    2. Blur: docs/method.md §7's down/up sampling at the inference resolution is step 1 plus the final resize back to the
        image size by the caller; `detail_ratio` < 1 adds a decoder that resolves only that fraction of its
        input (D* resized to round(size * detail_ratio) and back). Default 1.0.
-    3. Local inconsistency (spec 7) with level L = clip(size / train_res - 1, 0, level_cap): k_a L, k_b L,
+    3. Local inconsistency (docs/method.md §7) with level L = clip(size / train_res - 1, 0, level_cap): k_a L, k_b L,
        patches of round(patch_ratio * train_res) pixels (the receptive field of a predictor trained at
        train_res; clipped to size), edges of D* keep their value. Zero at size <= train_res: a predictor is
        globally consistent at its training resolution and locally inconsistent above it, more so the larger
@@ -471,7 +458,7 @@ def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio:
 def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio,
                             edge_quantile,
                             cc_iterations, num_bumps, bump_amplitude, bump_sigma, bump_band):
-    d = _fill_nonfinite(d.astype(jnp.float32))
+    d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
     kc, ke = jax.random.split(key)
     ds = _resize(d, (size, size))
     det = max(2, int(round(size * detail_ratio)))
@@ -485,7 +472,7 @@ def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, lev
     if num_bumps > 0 and bump_amplitude > 0:
         out = out + edge_deformation_noise(ds, ke, None, num_bumps, bump_amplitude, bump_sigma, bump_band,
                                            edge_quantile)
-    return _minmax(out)
+    return minmax_normalize(out, axis=(-2, -1))
 
 
 def simulate_prediction(gt, key, *, low_res: int | None = None, high_res: int | None = None,
@@ -507,6 +494,6 @@ def simulate_prediction(gt, key, *, low_res: int | None = None, high_res: int | 
     kl, kh = jax.random.split(key)
     low = simulated_predict(d, low_res, kl, train_res=train_res, **kwargs)
     high = simulated_predict(d, high_res, kh, train_res=train_res, **kwargs)
-    low = _minmax(_resize(low, (h, w)) if (low_res, low_res) != (h, w) else low)
-    high = _minmax(_resize(high, (h, w)) if (high_res, high_res) != (h, w) else high)
+    low = minmax_normalize(_resize(low, (h, w)) if (low_res, low_res) != (h, w) else low, axis=(-2, -1))
+    high = minmax_normalize(_resize(high, (h, w)) if (high_res, high_res) != (h, w) else high, axis=(-2, -1))
     return restore(low), restore(high)

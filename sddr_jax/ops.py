@@ -1,4 +1,4 @@
-"""Numeric primitives that must match PyTorch exactly (spec 2).
+"""Numeric primitives that must match PyTorch exactly (docs/method.md §2).
 
 Every rule that decides parity with the official PyTorch refiner lives here once: the resize kernels
 (PyTorch bicubic x2 with align_corners=True, PyTorch legacy nearest, PyTorch bilinear with
@@ -10,22 +10,27 @@ PyTorch's choice of source pixels. Output sizes are static (Python ints), so the
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
+import cv2
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sddr_jax.errors import UserError
+
 Array = jax.Array
 Dtype = Any
 
-# Epsilons (spec 2.2). Flax's defaults are 1e-6 everywhere, so every norm states its own.
+# Epsilons (docs/method.md §2.2). Flax's defaults are 1e-6 everywhere, so every norm states its own.
 GN_EPS = 1e-5
 LN_EPS_BLOCK = 1e-6  # MiT transformer-block and stage-output LayerNorms
 LN_EPS_PATCH = 1e-5  # MiT patch-embedding and spatial-reduction LayerNorms, cross-attention LayerNorms
 LEAKY_SLOPE = 0.01
 CUBIC_A = -0.75  # PyTorch's bicubic constant (jax.image uses -0.5)
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ def bicubic_ac_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
     """PyTorch bicubic (align_corners=True, A = -0.75) taps: indices (out, 4) and weights (out, 4).
 
     x = dst * ((in-1)/(out-1)) in float32, x0 = floor(x), t = x - x0; taps x0-1..x0+2 clamped to
-    [0, in-1]; weights from ATen's `get_cubic_upsample_coefficients` (spec 2.4).
+    [0, in-1]; weights from ATen's `get_cubic_upsample_coefficients` (docs/method.md §2.4).
     """
     _check_sizes(in_size, out_size)
     a = np.float32(CUBIC_A)
@@ -266,7 +271,7 @@ def _cubic_axis_matrix(x: Array, in_size: int, out_size: int, axis: int) -> Arra
 
 
 def upsample_bicubic_ac_x2(x: Array, method: str = "taps") -> Array:
-    """x2 upsampling of axes (-3, -2) of NHWC `x` with PyTorch bicubic, align_corners=True (spec 2.4).
+    """x2 upsampling of axes (-3, -2) of NHWC `x` with PyTorch bicubic, align_corners=True (docs/method.md §2.4).
 
     method "taps": four weighted gathers per axis (cheap, memory-bound); method "matrix": the same
     resampling as two matmuls with the (2n, n) matrices of `bicubic_ac_matrix` at HIGHEST precision.
@@ -306,3 +311,203 @@ __all__ = [
     "resize_bilinear",
     "upsample_bicubic_ac_x2",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------
+# OpenCV resizes in matrix form (in-graph R_cv_linear / R_cv_cubic)
+
+_CV_FLAGS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+@functools.lru_cache(maxsize=512)
+def cv_resize_matrix(in_size: int, out_size: int, interpolation: str = "cubic") -> np.ndarray:
+    """The (out, in) matrix of OpenCV's 1-D resampling rule (`cv2.resize` along one axis).
+
+    OpenCV's float resize is linear and separable, so resizing the identity along one axis yields the
+    exact matrix (half-pixel centres, replicated borders, A = -0.75 for cubic) without re-deriving the
+    rule; applying it on both axes reproduces `cv2.resize` up to float32 rounding.
+    """
+    if interpolation not in _CV_FLAGS:
+        raise UserError(
+            f"cv_resize_matrix: interpolation must be one of {sorted(_CV_FLAGS)}, got {interpolation!r}"
+        )
+    in_size, out_size = int(in_size), int(out_size)
+    if in_size < 1 or out_size < 1:
+        raise UserError(f"cv_resize_matrix: sizes must be >= 1, got {in_size} -> {out_size}")
+    eye = np.eye(in_size, dtype=np.float32)
+    m = cv2.resize(eye, (in_size, out_size), interpolation=_CV_FLAGS[interpolation])
+    m = np.ascontiguousarray(m.reshape(out_size, in_size), np.float32)
+    m.setflags(write=False)
+    return m
+
+
+@functools.lru_cache(maxsize=512)
+def cv_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of OpenCV INTER_NEAREST along one axis (read off `cv2.resize` of an index ramp).
+
+    OpenCV computes floor(dst * in/out) in double precision, PyTorch in float32 (`ops.nearest_indices`):
+    they agree for the power-of-two refiner sizes but can differ by one pixel for other size pairs.
+    """
+    in_size, out_size = int(in_size), int(out_size)
+    if in_size < 1 or out_size < 1:
+        raise UserError(f"cv_nearest_indices: sizes must be >= 1, got {in_size} -> {out_size}")
+    ramp = np.arange(in_size, dtype=np.float32)[None, :]  # exact integers up to 2^24
+    idx = cv2.resize(ramp, (out_size, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int32)
+    idx.setflags(write=False)
+    return idx
+
+
+def resize_cv(x: Array, out_hw: Sequence[int], interpolation: str = "cubic", method: str = "taps") -> Array:
+    """OpenCV-rule resize (R_cv_linear / R_cv_cubic / INTER_NEAREST, docs/method.md §2.4) of axes (-3, -2) of NHWC.
+
+    linear / cubic, width then height as OpenCV, with the rows of `cv_resize_matrix`: method "taps" applies
+    each row's few non-zero weights as gathers (default, cheap), "matrix" as matmuls at HIGHEST precision.
+    nearest: two gathers (exact). `out_hw` = (height, width) must be static. Jittable and vmappable.
+    """
+    if x.ndim < 3:
+        raise UserError(f"resize_cv: expected an array (..., H, W, C), got shape {tuple(x.shape)}")
+    oh, ow = (int(v) for v in out_hw)
+    h, w = x.shape[-3], x.shape[-2]
+    if interpolation == "nearest":
+        if ow != w:
+            x = jnp.take(x, jnp.asarray(cv_nearest_indices(w, ow)), axis=x.ndim - 2)
+        if oh != h:
+            x = jnp.take(x, jnp.asarray(cv_nearest_indices(h, oh)), axis=x.ndim - 3)
+        return x
+    if method not in ("taps", "matrix"):
+        raise UserError(f"resize_cv: method must be 'taps' or 'matrix', got {method!r}")
+    for axis, n_in, n_out in ((x.ndim - 2, w, ow), (x.ndim - 3, h, oh)):
+        if n_in == n_out:
+            continue
+        if method == "matrix":
+            m = jnp.asarray(cv_resize_matrix(n_in, n_out, interpolation), x.dtype)
+            y = jnp.tensordot(m, jnp.moveaxis(x, axis, 0), axes=(1, 0), precision=_HIGHEST)
+            x = jnp.moveaxis(y, 0, axis)
+        else:
+            idx, wts = _cv_taps(n_in, n_out, interpolation)
+            shape = [1] * x.ndim
+            shape[axis] = n_out
+            terms = [
+                jnp.asarray(wts[:, k], x.dtype).reshape(shape)
+                * jnp.take(x, jnp.asarray(idx[:, k]), axis=axis)
+                for k in range(idx.shape[1])
+            ]
+            x = functools.reduce(lambda a, b: a + b, terms)
+    return x
+
+
+@functools.lru_cache(maxsize=512)
+def _cv_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    # The few non-zeros of each row of the resampling matrix as (index, weight) taps: O(taps) per output
+    # sample instead of O(in) for the matmul (the windows are resized from S = 1024).
+    m = cv_resize_matrix(in_size, out_size, interpolation)
+    k = max(1, int((m != 0).sum(axis=1).max()))
+    idx = np.zeros((out_size, k), np.int32)
+    wts = np.zeros((out_size, k), np.float32)
+    for i in range(out_size):
+        nz = np.flatnonzero(m[i])
+        idx[i, : nz.size] = nz
+        wts[i, : nz.size] = m[i, nz]
+    return idx, wts
+
+
+# ----------------------------------------------------------------------------------------------------
+# host-side resizes of the official demo
+
+
+def resize_nearest_host(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """R_nearest_torch on the host for (..., H, W, C) numpy arrays (== OpenCV INTER_NEAREST; exact gather)."""
+    h, w = x.shape[-3], x.shape[-2]
+    x = np.take(x, nearest_indices(h, out_hw[0]), axis=x.ndim - 3)
+    return np.take(x, nearest_indices(w, out_hw[1]), axis=x.ndim - 2)
+
+
+def resize_linear_host(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """R_cv_linear: OpenCV INTER_LINEAR of every map of a (B, H, W, 1) float32 array to out_hw = (H', W')."""
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    out = np.empty((x.shape[0], oh, ow, 1), np.float32)
+    for i in range(x.shape[0]):
+        out[i, :, :, 0] = cv2.resize(np.ascontiguousarray(x[i, :, :, 0], np.float32), (ow, oh),
+                                     interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# normalisation and least-squares alignment
+
+
+def _xp(x: Any):
+    """numpy for host arrays (the input pipeline), jax.numpy otherwise (inside jit)."""
+    return np if isinstance(x, (np.ndarray, np.generic)) else jnp
+
+
+def minmax_normalize(x: Array, axis: Sequence[int] = (-3, -2, -1)) -> Array:
+    """(x - min) / (max - min) over `axis` (default: each map of a (B, H, W, C) batch); numpy in, numpy out,
+    otherwise jax.numpy (jittable).
+
+    A constant map (max == min) maps to zeros instead of NaN (the official code divides by zero there).
+    """
+    xp = _xp(x)
+    lo = xp.min(x, axis=tuple(axis), keepdims=True)
+    hi = xp.max(x, axis=tuple(axis), keepdims=True)
+    rng = hi - lo
+    return (x - lo) / xp.where(rng > 0, rng, xp.ones_like(rng))
+
+
+def fill_invalid(x: Array, valid: Array | None = None, axis: Sequence[int] = (-3, -2, -1),
+                 default: float = 0.0) -> Array:
+    """x with its invalid pixels (not `valid`, or not finite) set to the mean of the valid ones over `axis`
+    (`default` where a map has none). numpy in, numpy out; otherwise jax.numpy (jittable)."""
+    xp = _xp(x)
+    ok = xp.isfinite(x) if valid is None else (xp.asarray(valid).astype(bool) & xp.isfinite(x))
+    axis = tuple(axis)
+    count = xp.sum(ok, axis=axis, keepdims=True)
+    mean = xp.sum(xp.where(ok, x, 0.0), axis=axis, keepdims=True) / xp.maximum(count, 1)
+    fill = xp.where(count > 0, mean, default)
+    return xp.where(ok, x, fill).astype(x.dtype)
+
+
+def align_scale_shift(pred: Array, target: Array, mask: Array | None = None, *,
+                      axes: Sequence[int] = (-3, -2, -1), min_var: float = 0.0,
+                      degenerate: str = "zero") -> tuple[Array, Array]:
+    """Least-squares (scale, shift) minimising sum_m (a * pred + b - target)^2 over `axes` (default the
+    last three: each map of a (B, H, W, C) batch; the remaining leading axes are batch axes).
+
+    The official `compute_scale_and_shift` (MiDaS), solved in centred form (same minimiser, better conditioned
+    in float32 than the normal equations). Pixels outside `mask` (nonzero = inside) never enter, even when
+    they are not finite; `mask` may broadcast the maps (one map fitted on several regions). Where the masked prediction has variance <= `min_var`, the scale is 0 and the shift
+    is 0 (`degenerate="zero"`, the official code) or the masked mean of the target (`"mean"`, the
+    least-squares constant: np.polyfit's answer). Returns two arrays of the leading shape.
+    """
+    if pred.shape != target.shape:
+        raise UserError(
+            f"align_scale_shift: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+        )
+    if degenerate not in ("zero", "mean"):
+        raise UserError(f"align_scale_shift: degenerate must be 'zero' or 'mean', got {degenerate!r}")
+    axes = tuple(axes)
+    if mask is None:
+        m = jnp.ones(pred.shape, bool)
+    else:  # the mask may also broadcast the maps (e.g. one map against several regions)
+        mask = jnp.asarray(mask) != 0
+        shape = jnp.broadcast_shapes(pred.shape, mask.shape)
+        pred, target, m = (jnp.broadcast_to(a, shape) for a in (pred, target, mask))
+    n = jnp.sum(m.astype(pred.dtype), axis=axes)
+    safe_n = jnp.maximum(n, 1.0)
+    mp = jnp.sum(jnp.where(m, pred, 0.0), axis=axes) / safe_n
+    mt = jnp.sum(jnp.where(m, target, 0.0), axis=axes) / safe_n
+    dp = jnp.where(m, pred - jnp.expand_dims(mp, axes), 0.0)
+    dt = jnp.where(m, target - jnp.expand_dims(mt, axes), 0.0)
+    var = jnp.sum(dp * dp, axis=axes)
+    cov = jnp.sum(dp * dt, axis=axes)
+    ok = (var > min_var) & (n > 0)
+    scale = jnp.where(ok, cov / jnp.where(ok, var, 1.0), 0.0)
+    shift = mt - scale * mp
+    if degenerate == "zero":
+        shift = jnp.where(ok, shift, 0.0)
+    return scale, shift
+
+
+def apply_scale_shift(x: Array, scale: Array, shift: Array) -> Array:
+    """a * x + b with (a, b) of the leading shape of x (..., H, W, C)."""
+    return scale[..., None, None, None] * x + shift[..., None, None, None]

@@ -1,7 +1,7 @@
 """Pictures: colour previews of depth maps, side-by-side panels, training curves.
 
 Host-side (numpy + matplotlib with the Agg backend); nothing here runs inside jit. Every file is written
-atomically (a temporary file in the same folder, then `os.replace`), so an interrupted run never leaves
+atomically (`io.atomic_write`: a temporary file in the same folder, then `os.replace`), so an interrupted run never leaves
 half a PNG behind.
 """
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from sddr_jax.io import atomic_write
 
 DEFAULT_CMAP = "turbo"
 
@@ -28,15 +29,7 @@ def _atomic_target(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _save_figure_atomically(fig, path: Path, dpi: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), overwrite=True)
 
 
 def _as_2d(name: str, image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from sddr_jax import checkpointing as ckpt
+from sddr_jax.checkpoints import load_training_checkpoint
+from sddr_jax.training import checkpointing as ckpt
 from sddr_jax.errors import UserError
 
 
@@ -71,7 +72,8 @@ def test_round_trip_keep_and_iterator(tmp_path):
     # Only finished steps exist; no temporary directories are left once the saves are done.
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names == ["4", "6"], names
-    params, step = ckpt.load_params(tmp_path)
+    params, config, step = load_training_checkpoint(tmp_path)
+    assert config["model"]["width"] == 4
     assert step == 6
     _assert_tree_equal(params, states[6]["params"])
     c.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sddr_jax import cli, convert, io
-from sddr_jax.torch_pickle import save_torch_file
+from sddr_jax.convert.torch_pickle import save_torch_file
 
 S = 128
 

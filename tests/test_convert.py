@@ -1,4 +1,4 @@
-"""Converter (spec 4, checklist 13.5) and the torch-free `.pt` reader/writer."""
+"""Converter (docs/method.md §4, checklist 13.5) and the torch-free `.pt` reader/writer."""
 import collections
 import json
 import pickle
@@ -12,8 +12,8 @@ import pytest
 
 from sddr_jax import cli, convert
 from sddr_jax.errors import UserError
-from sddr_jax.models import MIT_CONFIGS
-from sddr_jax.torch_pickle import load_torch_file, save_torch_file
+from sddr_jax.models import MIT_CONFIGS, param_shapes
+from sddr_jax.convert.torch_pickle import load_torch_file, save_torch_file
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_key_map_matches_official_order_shapes_and_aliases(official):
     _, keys, _ = official
     entries = convert.official_key_map()
     assert [e[0] for e in entries] == [k["name"] for k in keys]
-    shapes = convert._flax_shapes("b0")
+    shapes = param_shapes()
     for (name, path, kind), k in zip(entries, keys):
         if path is not None:
             assert tuple(k["shape"]) == convert.TRANSFORMS[kind][2](shapes[path]), name
@@ -233,7 +233,7 @@ def _fake_segformer_b0():
     """A SegFormer ImageNet MiT-b0 state dict: 3-channel stage-1 projection and a 1000-class head."""
     rng = np.random.default_rng(0)
     cfg = MIT_CONFIGS["b0"]
-    shapes = convert._flax_shapes("b0")
+    shapes = param_shapes()
     sd = collections.OrderedDict()
     for key, path, kind in convert.mit_entries(cfg, torch_prefix="", flax_prefix=("backbone",)):
         shape = convert.TRANSFORMS[kind][2](shapes[path])

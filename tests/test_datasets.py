@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from sddr_jax import data_registry
+from sddr_jax import io
+from sddr_jax.data import registry as data_registry
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 H, W = 32, 48
 RNG = np.random.default_rng(0)
@@ -61,7 +62,7 @@ def fake_middlebury(root: Path, legacy: bool):
         disp = rng.uniform(20, 300, (H, W)).astype(np.float32)
         disp[0, :5] = np.inf  # unknown disparity -> invalid
         _write_rgb(scene / f"im{view}.png", rgb)
-        _common.write_pfm(scene / f"disp{view}.pfm", disp)
+        io.write_pfm(scene / f"disp{view}.pfm", disp)
         with np.errstate(divide="ignore"):
             depth = np.where(np.isfinite(disp), 1758.23 * 124.86 / disp, 0).astype(np.float32)
         if legacy:
@@ -169,7 +170,7 @@ def fake_mvs_synth(root: Path):
     seq = root / "GTAV_540" / "0000"
     _write_rgb(seq / "images" / "0003.png", rgb)
     seq.joinpath("depths").mkdir(parents=True)
-    _common.write_exr(seq / "depths" / "0003.exr", depth, compression="ZIP")
+    common.write_exr(seq / "depths" / "0003.exr", depth, compression="ZIP")
     return {"GTAV_540_0000_0003": (rgb, np.where(np.isfinite(depth), depth, 0).astype(np.float32))}
 
 
@@ -331,17 +332,17 @@ def test_several_predictors_need_a_choice(tmp_path):
 def test_exr_roundtrip(tmp_path, compression):
     a = RNG.uniform(0, 100, (37, 21)).astype(np.float32)
     a[0, 0] = np.inf
-    _common.write_exr(tmp_path / "a.exr", a, compression=compression)
-    np.testing.assert_array_equal(_common.read_exr(tmp_path / "a.exr"), a)
+    common.write_exr(tmp_path / "a.exr", a, compression=compression)
+    np.testing.assert_array_equal(common.read_exr(tmp_path / "a.exr"), a)
 
 
 def test_pfm_is_bottom_up(tmp_path):
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    _common.write_pfm(tmp_path / "a.pfm", a)
+    io.write_pfm(tmp_path / "a.pfm", a)
     raw = (tmp_path / "a.pfm").read_bytes()
     # The first stored row is the bottom image row.
     assert np.frombuffer(raw[-24:-12], "<f4").tolist() == [3.0, 4.0, 5.0]
-    arr, scale = _common.read_pfm(tmp_path / "a.pfm", return_scale=True)
+    arr, scale = common.read_pfm(tmp_path / "a.pfm", return_scale=True)
     np.testing.assert_array_equal(arr, a)
     assert scale == 1.0
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sddr_jax.convert_depth_anything import (
+from sddr_jax.convert.depth_anything import (
     convert_original_state_dict,
     export_original_state_dict,
     hf_to_original,
@@ -28,7 +28,7 @@ from sddr_jax.models.depth_anything import (
 )
 from sddr_jax.models.dinov2 import cubic_half_pixel_matrix, interpolate_pos_embed
 from sddr_jax.models.dpt import resize_bilinear_align_corners
-from sddr_jax.torch_pickle import save_torch_file
+from sddr_jax.convert.torch_pickle import save_torch_file
 
 # A tiny architecture (2x2 stored position grid, 4 blocks) so that compiles stay cheap on 2 CPU cores.
 TINY = DepthAnythingConfig("tiny", dim=32, depth=4, num_heads=2, out_indices=(0, 1, 2, 3), features=16,
@@ -157,7 +157,7 @@ def test_load_pth_torch_free(tmp_path, tiny_params):
 
 def test_standard_sizes_have_the_published_shapes():
     # Parameter counts of the released checkpoints: ViT-S 24.8M, ViT-B 97.5M, ViT-L 335.3M.
-    from sddr_jax.convert_depth_anything import expected_shapes
+    from sddr_jax.convert.depth_anything import expected_shapes
 
     # The checkpoints also hold two tensors the output never uses (mask_token, refinenet4.resConfUnit1).
     for (name, c), published in zip(CONFIGS.items(), (24.8, 97.5, 335.3)):
@@ -357,7 +357,7 @@ def test_parity_transformers_tiny_and_pth_layout(tmp_path):
 def test_parity_transformers_vits():
     torch, model = _hf_model("vits")
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    from sddr_jax.convert_depth_anything import ConvertedDepthAnything, convert_hf_state_dict
+    from sddr_jax.convert.depth_anything import ConvertedDepthAnything, convert_hf_state_dict
 
     params = convert_hf_state_dict(sd)  # shapes identify the standard ViT-S config
     conv = ConvertedDepthAnything(params, CONFIGS["small"], "hf", "hf")
@@ -394,7 +394,7 @@ def _toy_refiner(params, low, high):
 
 
 def test_predictor_inside_edge_labels(tiny_predictor):
-    from sddr_jax.coarse_to_fine import edge_labels
+    from sddr_jax.training.labels import edge_labels
 
     image = jnp.asarray(np.random.RandomState(6).rand(2, 40, 48, 3), jnp.float32)
     opts = dict(schedule=((2, 0.2),), size=32, base_resolution=0, global_sizes=(28, 42), max_resolution=64,

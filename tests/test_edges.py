@@ -1,4 +1,4 @@
-"""Tests of sddr_jax.edges (spec 6): Sobel magnitude, percentile masks, edge-dense regions."""
+"""Tests of sddr_jax.edges (docs/method.md §6): Sobel magnitude, percentile masks, edge-dense regions."""
 import cv2
 import jax
 import jax.numpy as jnp

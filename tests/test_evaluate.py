@@ -1,9 +1,9 @@
-"""image_metrics (the per-image bundle of spec 9) and the shared metric table."""
+"""image_metrics (the per-image bundle of docs/method.md §9) and the shared metric table."""
 import numpy as np
 import pytest
 
-from sddr_jax import metrics
-from sddr_jax.commands.common import metrics_table
+from sddr_jax.eval import metrics
+from sddr_jax.eval.evaluate import metrics_table
 
 
 def _scene(h=96, w=128):

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sddr_jax import input_pipeline as ip
+from sddr_jax.data import pipeline as ip
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 from sddr_jax_datasets.sddr_synthetic import sddr_synthetic_dataset_builder as synth
 
 S = 64
@@ -24,7 +24,7 @@ def source(tmp_path_factory):
 
 
 def _record(name, rgb, depth, low=b"", high=b""):
-    return {"name": name.encode(), "rgb": _common.encode_png(rgb), "depth": depth.astype(np.float32),
+    return {"name": name.encode(), "rgb": common.encode_png(rgb), "depth": depth.astype(np.float32),
             "low": low, "high": high}
 
 
@@ -45,7 +45,7 @@ def test_synthetic_streams_with_contract(source):
     assert len(source) == 12
     (batch,) = _batches(ip.make_dataset(source, image_size=S, global_batch_size=4, seed=0, simulate=False,
                                         shard=(1, 0)), 1)
-    assert set(batch) == set(ip.BATCH_KEYS)
+    assert set(batch) == {"rgb", "low", "high", "depth", "valid"}
     shapes = {"rgb": (4, S, S, 3), "low": (4, S, S, 1), "high": (4, S, S, 1), "depth": (4, S, S, 1),
               "valid": (4, S, S, 1)}
     for k, shape in shapes.items():
@@ -65,33 +65,6 @@ def test_eval_mode_is_the_resized_record(source):
         np.testing.assert_allclose(batch["rgb"][i], rgb, atol=1e-6)
         np.testing.assert_array_equal(batch["depth"][i, ..., 0],
                                       cv2.resize(rec["depth"], (32, 32), interpolation=cv2.INTER_NEAREST))
-
-
-def test_pmap_layout_splits_over_local_devices(source):
-    import jax
-
-    n = jax.local_device_count()
-    assert n == 8  # tests/conftest.py
-    (batch,) = _batches(ip.make_dataset(source, image_size=S, global_batch_size=8, seed=0, simulate=False,
-                                        layout="pmap", shard=(1, 0)), 1)
-    (flat,) = _batches(ip.make_dataset(source, image_size=S, global_batch_size=8, seed=0, simulate=False,
-                                       shard=(1, 0)), 1)
-    assert batch["rgb"].shape == (8, 1, S, S, 3)
-    np.testing.assert_array_equal(batch["depth"].reshape(flat["depth"].shape), flat["depth"])
-    with pytest.raises(UserError, match="multiple of the 8 local devices"):
-        ip.make_dataset(source, image_size=S, global_batch_size=4, layout="pmap", simulate=False, shard=(1, 0))
-
-
-def test_to_global_arrays_for_jit(source):
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    (batch,) = _batches(ip.make_dataset(source, image_size=S, global_batch_size=8, seed=0, simulate=False,
-                                        shard=(1, 0)), 1)
-    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
-    arrays = ip.to_global_arrays(batch, sharding)
-    assert arrays["rgb"].shape == (8, S, S, 3) and len(arrays["rgb"].addressable_shards) == 8
-    np.testing.assert_array_equal(np.asarray(arrays["depth"]), batch["depth"])
 
 
 def test_seeded_shuffle_and_process_shards(source):
@@ -130,7 +103,7 @@ def test_precomputed_predictions_are_used_and_normalised():
     depth[0, 0] = 0  # invalid pixel
     low = np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 7 + 100
     high = np.tile(np.arange(48, dtype=np.uint8), (32, 1)) + 10
-    rec = _record("a", rgb, depth, _common.encode_png(low), _common.encode_png(high))
+    rec = _record("a", rgb, depth, common.encode_png(low), common.encode_png(high))
     (batch,) = _batches(ip.make_dataset([rec], image_size=16, global_batch_size=1, train=False,
                                         shard=(1, 0)), 1)
     exp_low = cv2.resize(low.astype(np.float32), (16, 16), interpolation=cv2.INTER_NEAREST)
@@ -154,8 +127,6 @@ def test_corrupt_record_raises_or_is_counted():
 def test_bad_arguments(source, tmp_path):
     with pytest.raises(UserError, match="multiple of the process count"):
         ip.make_dataset(source, image_size=S, global_batch_size=3, shard=(2, 0), simulate=False)
-    with pytest.raises(UserError, match="layout"):
-        ip.make_dataset(source, image_size=S, global_batch_size=2, layout="tpu", simulate=False, shard=(1, 0))
     with pytest.raises(UserError, match="crop_scale"):
         ip.make_dataset(source, image_size=S, global_batch_size=2, simulate=False, shard=(1, 0),
                         augment=ip.AugmentConfig(crop_scale=(0.0, 1.0)))

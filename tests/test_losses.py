@@ -1,4 +1,4 @@
-"""Tests of sddr_jax.losses (spec 8): pieces vs numpy ports of the official code, composites, registry."""
+"""Tests of sddr_jax.losses (docs/method.md §8): pieces vs numpy ports of the official code, composites, registry."""
 from typing import NamedTuple
 
 import jax

@@ -1,11 +1,12 @@
-"""Tests of sddr_jax.metrics (spec 9): depth metrics, aggregation, Middlebury GT, boundary F1, D3R / ORD."""
+"""Tests of sddr_jax.metrics (docs/method.md §9): depth metrics, aggregation, Middlebury GT, boundary F1, D3R / ORD."""
 import math
 
 import jax
 import numpy as np
 import pytest
 
-from sddr_jax import metrics
+from sddr_jax import io
+from sddr_jax.eval import metrics
 from sddr_jax.errors import UserError
 
 
@@ -125,7 +126,7 @@ CALIB = ("cam0=[1000 0 500; 0 1000 300; 0 0 1]\ncam1=[1000 0 520; 0 1000 300; 0 
 
 
 def test_middlebury_uint8_wrap_and_float_path():
-    calib = metrics.parse_middlebury_calib(CALIB)
+    calib = io.parse_middlebury_calib(CALIB)
     assert calib["baseline"] == "98"
     disp = np.array([[100.0, 98000.0 / 25.7, np.inf]], np.float32)  # depths 980, 25.7, 0
     depth, valid = metrics.middlebury_gt_depth(disp, calib)
@@ -142,7 +143,7 @@ def test_middlebury_uint8_wrap_and_float_path():
 
 
 def test_middlebury_metrics_resizes_and_aligns():
-    calib = metrics.parse_middlebury_calib(CALIB)
+    calib = io.parse_middlebury_calib(CALIB)
     disp = np.tile(np.linspace(500.0, 1000.0, 16, dtype=np.float32), (12, 1))  # depth 98..196 (< 256)
     gt, _ = metrics.middlebury_gt_depth(disp, calib)
     pred = np.repeat(np.repeat(gt, 2, 0), 2, 1) * 0.5 + 3.0  # affine, twice the size
@@ -178,7 +179,7 @@ def test_d3r_routine_by_hand_each_pair_once():
     est = np.array([[1.0, 1.0, 5.0]])
     centres = np.array([[0, 0], [0, 1], [0, 2]])
     neighbours = [[1, 2], [0, 2], [0, 1]]
-    err, conf = metrics._d3r_routine(gt, est, centres, neighbours, 0.1, 0.01)
+    err, conf = metrics.d3r_routine(gt, est, centres, neighbours, 0.1, 0.01)
     assert (err, conf) == (1, 1)  # (0,1): |ord(1,2) - ord(1,1)| = |-1 - 0|; pairs with gt = 0 skipped
 
 

@@ -1,4 +1,4 @@
-"""The refiner network (spec 3): parity with the official PyTorch model, shapes, the cross-attention quirk."""
+"""The refiner network (docs/method.md §3): parity with the official PyTorch model, shapes, the cross-attention quirk."""
 import json
 
 import chex

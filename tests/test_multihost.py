@@ -48,8 +48,8 @@ def _train(mode, process_index, process_count, workdir=None):
     checkpoint round trip when `workdir` is given)."""
     import jax
 
-    from sddr_jax import checkpointing
-    from sddr_jax import train as T
+    from sddr_jax.training import checkpointing
+    from sddr_jax import training as T
 
     net, loss, opt, batch = _setup()
     rows = GLOBAL_BATCH // process_count
@@ -79,7 +79,7 @@ def _worker(port: int, process_id: int, out: str) -> None:
     import jax
     import ml_collections
 
-    from sddr_jax import train as T
+    from sddr_jax import training as T
 
     cfg = ml_collections.ConfigDict({"distributed": {
         "initialize": True, "coordinator_address": f"127.0.0.1:{port}", "num_processes": 2,

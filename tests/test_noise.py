@@ -1,4 +1,4 @@
-"""Tests of sddr_jax.noise (spec 7): noise statistics, fitting modes, the simulated predictor."""
+"""Tests of sddr_jax.noise (docs/method.md §7): noise statistics, fitting modes, the simulated predictor."""
 import math
 
 import cv2
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sddr_jax import metrics, noise
+from sddr_jax import noise
+from sddr_jax.eval import metrics
 from sddr_jax.errors import UserError
 
 
@@ -140,7 +141,7 @@ def test_simulate_prediction_contract(sim_fn):
 
 def _scene_depths(n, size):
     try:
-        from sddr_jax import scenes
+        from sddr_jax.data import scenes
     except ImportError:  # the scene generator lives in another module; fall back to layered boxes
         scenes = None
     if scenes is not None:

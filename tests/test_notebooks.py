@@ -39,7 +39,7 @@ def _stdout(nb) -> str:
 
 
 def test_reproduce_official(tmp_path, official_state):
-    from sddr_jax.torch_pickle import save_torch_file
+    from sddr_jax.convert.torch_pickle import save_torch_file
 
     ckpt = tmp_path / "model_dict_1_5600.pt"
     save_torch_file({"net": official_state.official_state_dict(0)}, ckpt)

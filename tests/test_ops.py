@@ -1,4 +1,4 @@
-"""Numeric primitives (spec 2, checklist 13.1) against their formulas, OpenCV, and torch when installed."""
+"""Numeric primitives (docs/method.md §2, checklist 13.1) against their formulas, OpenCV, and torch when installed."""
 import math
 
 import chex
@@ -12,7 +12,7 @@ from sddr_jax import ops
 
 
 def _bicubic_direct(x: np.ndarray, out: int) -> np.ndarray:
-    """Spec 2.4 evaluated literally along axis 0 (float64 weights from a float32 position)."""
+    """docs/method.md §2.4 evaluated literally along axis 0 (float64 weights from a float32 position)."""
     n = x.shape[0]
     a = -0.75
     ratio = np.float32(n - 1) / np.float32(out - 1)

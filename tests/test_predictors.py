@@ -7,7 +7,7 @@ import pytest
 from sddr_jax import noise
 from sddr_jax.errors import UserError
 from sddr_jax.ops import resize_bilinear, resize_nearest
-from sddr_jax.predictors import (
+from sddr_jax.inference.predictors import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelPredictor,

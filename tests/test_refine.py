@@ -1,4 +1,4 @@
-"""One-stage inference (spec 5.1) and the `sddr-jax refine` command. S = 128 keeps compiles cheap."""
+"""One-stage inference (docs/method.md §5.1) and the `sddr-jax refine` command. S = 128 keeps compiles cheap."""
 import collections
 import sys
 
@@ -10,8 +10,9 @@ import pytest
 from sddr_jax import cli, convert, io
 from sddr_jax.errors import UserError
 from sddr_jax.ops import nearest_indices
-from sddr_jax.refine import check_size, minmax_normalize, refine_one_stage, refiner_inference
-from sddr_jax.torch_pickle import save_torch_file
+from sddr_jax.inference.one_stage import check_size, refine_one_stage, refiner_inference
+from sddr_jax.ops import minmax_normalize
+from sddr_jax.convert.torch_pickle import save_torch_file
 
 S = 128
 

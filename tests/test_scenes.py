@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sddr_jax import scenes
+from sddr_jax.data import scenes
 from sddr_jax.errors import UserError
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from sddr_jax import train as T
+from sddr_jax import training as T
 from sddr_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -188,9 +188,10 @@ def tiny_env(tmp_path_factory):
 
 
 def _params(workdir):
-    from sddr_jax import checkpointing
+    from sddr_jax.checkpoints import load_training_checkpoint
 
-    return checkpointing.load_params(workdir)
+    params, _, step = load_training_checkpoint(workdir)
+    return params, step
 
 
 @pytest.mark.slow
@@ -209,6 +210,9 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     result = json.loads((a / "result.json").read_text())
     assert set(result["eval"]) == {"refined", "low", "high"}
     assert 0 < result["eval"]["refined"]["delta1"] <= 1
+
+    # The checkpoint carries its model config (cross_iterations=2): refine and evaluate build that model.
+    _tiny_checkpoint_through_the_cli(a, data_dir, root)
 
     # 2. The same run, killed with SIGKILL as soon as the step-4 checkpoint starts being written.
     b = root / "b"
@@ -243,3 +247,28 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
                        text=True, timeout=300)
     assert r.returncode == 2
     assert "incompatible config (model.cross_iterations: checkpoint 2, config 3)" in r.stderr
+
+
+def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
+    from sddr_jax import cli, io
+    from sddr_jax.checkpoints import load_refiner
+    from sddr_jax.inference.one_stage import refine_one_stage
+
+    params, model_config = load_refiner(workdir)
+    assert model_config["cross_iterations"] == 2
+    rng = np.random.default_rng(0)
+    low, high = rng.random((40, 56)).astype(np.float32), rng.random((80, 112)).astype(np.float32)
+    io.write_depth(root / "low.npy", low)
+    io.write_depth(root / "high.npy", high)
+    out = root / "refined.npy"
+    assert cli.main(["refine", "--checkpoint", str(workdir), "--low", str(root / "low.npy"), "--high",
+                     str(root / "high.npy"), "--output", str(out), "--size", "128"]) == 0
+    want = refine_one_stage(params, low, high, size=128, model_config=model_config)
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    report = root / "eval_tiny"
+    assert cli.main(["evaluate", "--checkpoint", str(workdir), "--dataset", "sddr_synthetic", "--data_dir",
+                     str(data_dir), "--config", "tiny", "--size", "128", "--limit", "2", "--no-edge-metrics",
+                     "--output", str(report)]) == 0
+    summary = json.loads(report.with_name(report.name + ".json").read_text())["summary"]
+    assert set(summary) == {"refined", "low", "high"} and 0 < summary["refined"]["delta1"] <= 1
+

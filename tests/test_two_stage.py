@@ -1,4 +1,4 @@
-"""Batched coarse-to-fine pipelines (spec 5.2, 6) against plain sequential ports of the official loop."""
+"""Batched coarse-to-fine pipelines (docs/method.md §5.2, §6) against plain sequential ports of the official loop."""
 import functools
 
 import cv2
@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sddr_jax import windows as W
-from sddr_jax.coarse_to_fine import edge_labels, refine_two_stage
+from sddr_jax.inference import windows as W
+from sddr_jax.inference.two_stage import refine_two_stage
+from sddr_jax.training.labels import edge_labels
 from sddr_jax.edges import sobel_abs
 from sddr_jax.errors import UserError
 from sddr_jax.ops import resize_bilinear
@@ -60,7 +61,7 @@ def _jit_refiner(fn):
 def sequential_two_stage(params, rgb, predictor, refiner_fn, schedule, size, base_resolution, global_sizes,
                          max_resolution=2048, labels=False, base=None):
     """Plain port of the official loop: one window at a time, host numpy/OpenCV for every step except the
-    predictor and refiner calls (batch of one). With labels=True also the spec-6 gradient track; with `base`
+    predictor and refiner calls (batch of one). With labels=True also the §6 gradient track; with `base`
     the global pass is skipped and the steps start from that map."""
     h, w = rgb.shape[:2]
     refine = _jit_refiner(refiner_fn)
@@ -92,7 +93,7 @@ def sequential_two_stage(params, rgb, predictor, refiner_fn, schedule, size, bas
             sc, sh = ((a11 * b0 - a01 * b1) / det, (-a01 * b0 + a00 * b1) / det) if det > 0 else (0.0, 0.0)
             merged = cv2.resize((sc * r + sh).astype(np.float32), (win.width, win.height),
                                 interpolation=cv2.INTER_CUBIC)
-            mask = cv2.resize(W._feather_base(), (win.width, win.height), interpolation=cv2.INTER_LINEAR)
+            mask = cv2.resize(W.feather_base(), (win.width, win.height), interpolation=cv2.INTER_LINEAR)
             upd[sl] = upd[sl] * (1 - mask) + merged * mask
             if labels:
                 g = np.asarray(sobel_abs(merged)).astype(np.float64)
@@ -217,7 +218,7 @@ def test_real_refiner_batched_step_equals_sequential(images, sequential):
     The global pass is the same code with any refiner (tested above with the stand-in); starting both from
     the same base map keeps this test to two refiner compilations.
     """
-    from sddr_jax.coarse_to_fine import _partition, _two_stage_step_jit, official_refiner
+    from sddr_jax.inference.two_stage import official_refiner, partition_predictor, two_stage_step
     from sddr_jax.models import Refiner
 
     x = jnp.zeros((1, 128, 128, 1))
@@ -233,9 +234,9 @@ def test_real_refiner_batched_step_equals_sequential(images, sequential):
     levels = W.resolution_factors_host(base[0, ..., 0], wins)
     plan = (tuple(W.adaptive_resolution(w.shape, W.RESOLUTION_FACTORS[lv], 0)
                   for w, lv in zip(wins, levels)),)
-    dyn, static = _partition(toy_predictor)
+    dyn, static = partition_predictor(toy_predictor)
     with jax.default_matmul_precision("highest"):
-        out = np.asarray(_two_stage_step_jit(
+        out = np.asarray(two_stage_step(
             params, jnp.asarray(images[:1]), jnp.asarray(base), dyn, pred_static=static, windows=wins,
             size=128, refiner_fn=official_refiner, blend="official", plan=plan,
             resolution_cfg=(0, 2048, False)))

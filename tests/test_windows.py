@@ -1,11 +1,13 @@
-"""Tests of the pure window functions (spec 5.2-5.5): grid, feather mask, resolutions, alignment, blending."""
+"""Tests of the pure window functions (docs/method.md §5.2-5.5): grid, feather mask, resolutions, alignment, blending."""
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sddr_jax import windows as W
+from sddr_jax.edges import bilateral_filter
+from sddr_jax.inference import windows as W
+from sddr_jax.ops import align_scale_shift, resize_cv
 from sddr_jax.errors import UserError
 
 
@@ -99,7 +101,7 @@ def test_paper_resolution_closed_form():
 
 
 def test_feather_mask():
-    base = W._feather_base()
+    base = W.feather_base()
     assert base.shape == (3000, 3000) and base.dtype == np.float32
     assert base.min() == 0.0 and abs(base.max() - 1.0) < 1e-6
     # Separable check: the blur of a product of 1-D boxes is the product of the 1-D blurs.
@@ -125,7 +127,7 @@ def test_resize_cv_matches_opencv(interp, flag):
         x = rng.standard_normal((2, h, w, 1)).astype(np.float32)
         ref = np.stack([cv2.resize(x[i, ..., 0], (ow, oh), interpolation=flag) for i in range(2)])[..., None]
         for method in ("taps", "matrix"):
-            out = np.asarray(W.resize_cv(jnp.asarray(x), (oh, ow), interp, method))
+            out = np.asarray(resize_cv(jnp.asarray(x), (oh, ow), interp, method))
             np.testing.assert_allclose(out, ref, atol=2e-6, rtol=0)
 
 
@@ -137,7 +139,7 @@ def test_align_scale_shift():
     p = rng.random((3, 8, 9, 1)).astype(np.float32)
     noisy = p[2] + rng.normal(0, 0.1, p[2].shape)
     t = np.stack([2.0 * p[0] + 3.0, -0.5 * p[1] + 1.0, noisy]).astype(np.float32)
-    a, b = W.align_scale_shift(jnp.asarray(p), jnp.asarray(t))
+    a, b = align_scale_shift(jnp.asarray(p), jnp.asarray(t))
     np.testing.assert_allclose(np.asarray(a)[:2], [2.0, -0.5], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(b)[:2], [3.0, 1.0], rtol=1e-5)
     ref = np.polyfit(p[2].ravel().astype(np.float64), t[2].ravel().astype(np.float64), 1)
@@ -147,10 +149,10 @@ def test_align_scale_shift():
     mask[0, :2] = False
     t2 = t[:1].copy()
     t2[0, :2] = 100.0
-    a2, b2 = W.align_scale_shift(jnp.asarray(p[:1]), jnp.asarray(t2), jnp.asarray(mask))
+    a2, b2 = align_scale_shift(jnp.asarray(p[:1]), jnp.asarray(t2), jnp.asarray(mask))
     np.testing.assert_allclose([a2[0], b2[0]], [2.0, 3.0], rtol=1e-5)
     # degenerate prediction: (0, 0) like the official code
-    a3, b3 = W.align_scale_shift(jnp.ones((1, 4, 4, 1)), jnp.asarray(p[:1, :4, :4]))
+    a3, b3 = align_scale_shift(jnp.ones((1, 4, 4, 1)), jnp.asarray(p[:1, :4, :4]))
     assert float(a3[0]) == 0.0 and float(b3[0]) == 0.0
 
 
@@ -192,7 +194,7 @@ def test_blend_official_and_average():
 def test_bilateral_filter():
     rng = np.random.default_rng(4)
     x = rng.random((1, 7, 8, 1)).astype(np.float32)
-    out = np.asarray(W.bilateral_filter(jnp.asarray(x), 1, 1.5, 0.2))
+    out = np.asarray(bilateral_filter(jnp.asarray(x), 1, 1.5, 0.2))
     p = np.pad(x[0, ..., 0], 1, mode="edge").astype(np.float64)
     ref = np.zeros((7, 8))
     for i in range(7):
@@ -203,7 +205,7 @@ def test_bilateral_filter():
             ref[i, j] = (wt * q).sum() / wt.sum()
     np.testing.assert_allclose(out[0, ..., 0], ref, atol=1e-5)
     const = jnp.full((1, 5, 5, 1), 0.3)
-    np.testing.assert_allclose(np.asarray(W.bilateral_filter(const, 2, 1.0, 0.1)), 0.3, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bilateral_filter(const, 2, 1.0, 0.1)), 0.3, atol=1e-6)
 
 
 def test_cv_nearest_indices_match_opencv():
@@ -212,5 +214,5 @@ def test_cv_nearest_indices_match_opencv():
     for h, w, oh, ow in cases:
         x = rng.random((h, w)).astype(np.float32)
         ref = cv2.resize(x, (ow, oh), interpolation=cv2.INTER_NEAREST)
-        out = np.asarray(W.resize_cv(jnp.asarray(x)[None, ..., None], (oh, ow), "nearest"))[0, ..., 0]
+        out = np.asarray(resize_cv(jnp.asarray(x)[None, ..., None], (oh, ow), "nearest"))[0, ..., 0]
         np.testing.assert_array_equal(out, ref)

@@ -1,4 +1,4 @@
-"""`diml`: the DIML/CVL RGB-D official test set (spec 9.3): colour + filled depth (uint16 PNG, mm -> m)."""
+"""`diml`: the DIML/CVL RGB-D official test set (docs/method.md §9.3): colour + filled depth (uint16 PNG, mm -> m)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 
 @dataclasses.dataclass
@@ -15,7 +15,7 @@ class DimlConfig(tfds.core.BuilderConfig):
     quality: str = "HR"
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """DIML/CVL RGB-D test set (Cho et al. 2021) from the manual download."""
 
     name = "diml"
@@ -32,16 +32,16 @@ class Builder(_common.DepthBuilder):
         "<manual_dir>[/test]/<HR|LR>/<scene>/depth_filled/<stem>_depth_filled.png (uint16, mm).")
 
     def _samples(self, manual_dir: Path):
-        base = _common.split_dir(manual_dir, "test", "Test") or manual_dir
-        root = _common.split_dir(base, self.builder_config.quality, self.builder_config.quality.lower()) or base
+        base = common.split_dir(manual_dir, "test", "Test") or manual_dir
+        root = common.split_dir(base, self.builder_config.quality, self.builder_config.quality.lower()) or base
         samples = []
-        for img in _common.sorted_glob(root, "*/color/*_c.png"):
+        for img in common.sorted_glob(root, "*/color/*_c.png"):
             stem = img.name[:-len("_c.png")]
-            samples.append(_common.Sample(stem, {
+            samples.append(common.Sample(stem, {
                 "rgb": img, "depth": img.parents[1] / "depth_filled" / f"{stem}_depth_filled.png"}))
         return {"test": samples}
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
-        depth = _common.read_png_map(sample.files["depth"], dtypes=(np.uint16,)).astype(np.float32) / 1000.0
-        return rgb, _common.check_depth(depth, sample.files["depth"])
+        rgb = common.read_rgb(sample.files["rgb"])
+        depth = common.read_png_map(sample.files["depth"], dtypes=(np.uint16,)).astype(np.float32) / 1000.0
+        return rgb, common.check_depth(depth, sample.files["depth"])

@@ -1,4 +1,4 @@
-"""`diode`: the DIODE validation split (771 images, indoor + outdoor, spec 9.3).
+"""`diode`: the DIODE validation split (771 images, indoor + outdoor, docs/method.md §9.3).
 
 Depth = `<stem>_depth.npy` (metres) where `<stem>_depth_mask.npy` is 1, else 0 (invalid).
 """
@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 
 @dataclasses.dataclass
@@ -19,7 +19,7 @@ class DiodeConfig(tfds.core.BuilderConfig):
     scenes: tuple[str, ...] = ("indoors", "outdoor")
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """DIODE (Vasiljevic et al. 2019) validation split from the manual download."""
 
     name = "diode"
@@ -37,21 +37,21 @@ class Builder(_common.DepthBuilder):
         "<stem>_depth.npy and <stem>_depth_mask.npy.")
 
     def _samples(self, manual_dir: Path):
-        root = _common.split_dir(manual_dir, "val") or manual_dir
+        root = common.split_dir(manual_dir, "val") or manual_dir
         samples = []
         for kind in self.builder_config.scenes:
-            for img in _common.sorted_glob(root / kind, "scene_*/scan_*/*.png"):
-                samples.append(_common.Sample(img.stem, {
+            for img in common.sorted_glob(root / kind, "scene_*/scan_*/*.png"):
+                samples.append(common.Sample(img.stem, {
                     "rgb": img, "depth": img.with_name(f"{img.stem}_depth.npy"),
                     "mask": img.with_name(f"{img.stem}_depth_mask.npy")}))
         return {"validation": samples}
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
-        depth = _common.read_npy(sample.files["depth"])
-        mask = _common.read_npy(sample.files["mask"])
+        rgb = common.read_rgb(sample.files["rgb"])
+        depth = common.read_npy(sample.files["depth"])
+        mask = common.read_npy(sample.files["mask"])
         if mask.shape != depth.shape:
             raise UserError(f"{sample.files['mask']}: mask shape {mask.shape} != depth shape {depth.shape} "
                             f"of {sample.files['depth']}")
-        depth = _common.check_depth(depth, sample.files["depth"])
+        depth = common.check_depth(depth, sample.files["depth"])
         return rgb, np.where(mask > 0, depth, 0.0).astype(np.float32)

@@ -1,4 +1,4 @@
-"""`hrwsi`: HR-WSI web stereo images (training set, spec 10).
+"""`hrwsi`: HR-WSI web stereo images (training set, docs/method.md §10).
 
 GT is 8-bit disparity (`gts/<stem>.png`); we store relative depth = 255 / disparity where the disparity
 is > 0 and `valid_masks/<stem>.png` (when present) is non-zero, else 0 (invalid). The losses are
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """HR-WSI (Xian et al., CVPR 2020) from the manual download."""
 
     name = "hrwsi"
@@ -28,10 +28,10 @@ class Builder(_common.DepthBuilder):
     def _samples(self, manual_dir: Path):
         out = {}
         for split, folder in (("train", "train"), ("validation", "val")):
-            imgs = _common.sorted_glob(manual_dir / folder / "imgs", "*.jpg") + _common.sorted_glob(
+            imgs = common.sorted_glob(manual_dir / folder / "imgs", "*.jpg") + common.sorted_glob(
                 manual_dir / folder / "imgs", "*.png")
             if imgs:
-                out[split] = [_common.Sample(p.stem, {
+                out[split] = [common.Sample(p.stem, {
                     "rgb": p, "disp": manual_dir / folder / "gts" / f"{p.stem}.png",
                     "mask": manual_dir / folder / "valid_masks" / f"{p.stem}.png"}) for p in imgs]
         if not out:
@@ -39,12 +39,12 @@ class Builder(_common.DepthBuilder):
         return out
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
-        disp = _common.read_png_map(sample.files["disp"]).astype(np.float32)
+        rgb = common.read_rgb(sample.files["rgb"])
+        disp = common.read_png_map(sample.files["disp"]).astype(np.float32)
         if sample.files["mask"].exists():
-            mask = _common.read_png_map(sample.files["mask"], dtypes=(np.uint8,))
+            mask = common.read_png_map(sample.files["mask"], dtypes=(np.uint8,))
             if mask.shape != disp.shape:
                 raise UserError(f"{sample.files['mask']}: shape {mask.shape} != disparity {disp.shape}")
             disp = np.where(mask > 0, disp, 0.0)
-        depth = _common.inverse(disp / 255.0)
-        return rgb, _common.check_depth(depth, sample.files["disp"])
+        depth = common.inverse(disp / 255.0)
+        return rgb, common.check_depth(depth, sample.files["disp"])

@@ -1,4 +1,4 @@
-"""`hypersim`: Hypersim frames with the GBDF protocol (spec 9.3).
+"""`hypersim`: Hypersim frames with the GBDF protocol (docs/method.md §9.3).
 
 GT = Euclidean distance in metres from `frame.NNNN.depth_meters.hdf5` (not planar depth; NaN = no geometry
 -> invalid). RGB = `frame.NNNN.color.hdf5` (linear HDR) tone-mapped as Hypersim's own script does: gamma
@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 TONEMAP_GAMMA = 1.0 / 2.2
 TONEMAP_PERCENTILE = 90
@@ -41,7 +41,7 @@ def tonemap(rgb_linear: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
 
 
 def _read_h5(path: Path) -> np.ndarray:
-    path = _common._require(path)
+    path = common._require(path)
     try:
         with h5py.File(path, "r") as f:
             if "dataset" not in f:
@@ -55,7 +55,7 @@ def _name(scene: str, cam: str, frame: str) -> str:
     return f"{scene}_cam_{int(cam):02d}_{int(frame):04d}"
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """Hypersim (Roberts et al., ICCV 2021) evaluation frames from the manual download."""
 
     name = "hypersim"
@@ -69,12 +69,12 @@ class Builder(_common.DepthBuilder):
 
     def _samples(self, manual_dir: Path):
         found = {}
-        for color in _common.sorted_glob(manual_dir, "ai_*/images/scene_cam_*_final_hdf5/frame.*.color.hdf5"):
+        for color in common.sorted_glob(manual_dir, "ai_*/images/scene_cam_*_final_hdf5/frame.*.color.hdf5"):
             scene = color.parents[2].name
             cam = color.parent.name[len("scene_cam_"):-len("_final_hdf5")]
             frame = color.name.split(".")[1]
             geo = color.parents[1] / f"scene_cam_{cam}_geometry_hdf5"
-            found[_name(scene, cam, frame)] = _common.Sample(_name(scene, cam, frame), {
+            found[_name(scene, cam, frame)] = common.Sample(_name(scene, cam, frame), {
                 "rgb": color, "depth": geo / f"frame.{frame}.depth_meters.hdf5",
                 "entity": geo / f"frame.{frame}.render_entity_id.hdf5"})
         test_list = manual_dir / "test_list.txt"
@@ -107,4 +107,4 @@ class Builder(_common.DepthBuilder):
                                 f"{color.shape[:2]} of {sample.files['rgb']}")
         rgb = tonemap(np.nan_to_num(color.astype(np.float32), nan=0.0), valid)
         distance = _read_h5(sample.files["depth"]).astype(np.float32)
-        return rgb, _common.check_depth(distance, sample.files["depth"], allow_nan=True)
+        return rgb, common.check_depth(distance, sample.files["depth"], allow_nan=True)

@@ -1,4 +1,4 @@
-"""`middlebury2021`: the Middlebury 2021 stereo scenes as RGB-D (spec 9.2).
+"""`middlebury2021`: the Middlebury 2021 stereo scenes as RGB-D (docs/method.md §9.2).
 
 GT depth = f_x * baseline / (disp / |scale| + doffs) from `disp{0,1}.pfm` (rows flipped: PFM is bottom-up)
 and `calib.txt` (f_x = first entry of `cam0`); infinite disparity gives depth 0 (invalid). Views are named
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ def legacy_uint8(depth: np.ndarray) -> np.ndarray:
     return (np.floor(depth).astype(np.int64) % 256).astype(np.float32)
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """Middlebury 2021 (24 scenes x 2 views, 1920x1080) from the manual download."""
 
     name = "middlebury2021"
@@ -65,19 +65,19 @@ class Builder(_common.DepthBuilder):
             for view, suffix in ((0, "l"), (1, "r")):
                 if view == 1 and not (scene / "disp1.pfm").exists() and not (scene / "im1.png").exists():
                     continue  # scenes without a right-view GT contribute one view only
-                samples.append(_common.Sample(f"{scene.name}_{suffix}", {
+                samples.append(common.Sample(f"{scene.name}_{suffix}", {
                     "rgb": scene / f"im{view}.png", "disp": scene / f"disp{view}.pfm", "calib": calib}))
         return {"test": samples}
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
-        disp, scale = _common.read_pfm(sample.files["disp"], return_scale=True)
+        rgb = common.read_rgb(sample.files["rgb"])
+        disp, scale = common.read_pfm(sample.files["disp"], return_scale=True)
         if disp.ndim != 2:
             raise UserError(f"{sample.files['disp']}: expected a single-channel PFM (Pf), got 3 channels")
         if np.isnan(disp).any():
             raise UserError(f"{sample.files['disp']}: disparity has {int(np.isnan(disp).sum())} NaN values")
-        calib = _common.read_middlebury_calib(sample.files["calib"])
-        depth = _common.check_depth(disparity_to_depth(disp, scale, calib), sample.files["disp"])
+        calib = common.read_middlebury_calib(sample.files["calib"])
+        depth = common.check_depth(disparity_to_depth(disp, scale, calib), sample.files["disp"])
         if self.builder_config.legacy_uint8:
             depth = legacy_uint8(depth)
         return rgb, depth

@@ -1,4 +1,4 @@
-"""`mvs_synth`: MVS-Synth (training set, spec 10): GTA-V frames with EXR depth (inf = sky -> invalid).
+"""`mvs_synth`: MVS-Synth (training set, docs/method.md §10): GTA-V frames with EXR depth (inf = sky -> invalid).
 
 Depth is read from `depths/<frame>.exr` with a small built-in OpenEXR reader (scanline, NO/ZIPS/ZIP
 compression); `.npy` or `.pfm` depth files with the same stem are accepted too (e.g. after a conversion).
@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from sddr_jax.errors import UserError
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
-_READERS = {".exr": _common.read_exr, ".npy": _common.read_npy, ".pfm": _common.read_pfm}
+_READERS = {".exr": common.read_exr, ".npy": common.read_npy, ".pfm": common.read_pfm}
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """MVS-Synth (Huang et al., CVPR 2018, DeepMVS) from the manual download."""
 
     name = "mvs_synth"
@@ -31,11 +31,11 @@ class Builder(_common.DepthBuilder):
             prefix = f"{seq.parent.name}_" if seq.parent != manual_dir else ""
             depth = next((seq / "depths" / f"{img.stem}{ext}" for ext in _READERS
                           if (seq / "depths" / f"{img.stem}{ext}").exists()), seq / "depths" / f"{img.stem}.exr")
-            samples.append(_common.Sample(f"{prefix}{seq.name}_{img.stem}", {"rgb": img, "depth": depth}))
+            samples.append(common.Sample(f"{prefix}{seq.name}_{img.stem}", {"rgb": img, "depth": depth}))
         return {"train": samples}
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
+        rgb = common.read_rgb(sample.files["rgb"])
         path = sample.files["depth"]
         reader = _READERS.get(path.suffix)
         if reader is None:
@@ -43,4 +43,4 @@ class Builder(_common.DepthBuilder):
         depth = reader(path)
         if depth.ndim != 2:
             raise UserError(f"{path}: expected a single-channel depth map, got shape {depth.shape}")
-        return rgb, _common.check_depth(depth, path, allow_inf=True)
+        return rgb, common.check_depth(depth, path, allow_inf=True)

@@ -1,12 +1,12 @@
-"""`tartanair`: TartanAir (training set, spec 10): left/right images with float32 depth `.npy` (metres)."""
+"""`tartanair`: TartanAir (training set, docs/method.md §10): left/right images with float32 depth `.npy` (metres)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from sddr_jax_datasets import _common
+from sddr_jax_datasets import common
 
 
-class Builder(_common.DepthBuilder):
+class Builder(common.DepthBuilder):
     """TartanAir (Wang et al., IROS 2020) from the manual download."""
 
     name = "tartanair"
@@ -20,12 +20,12 @@ class Builder(_common.DepthBuilder):
     def _samples(self, manual_dir: Path):
         samples = []
         for side in ("left", "right"):
-            for img in _common.sorted_glob(manual_dir, f"*/*/P*/image_{side}/*_{side}.png"):
+            for img in common.sorted_glob(manual_dir, f"*/*/P*/image_{side}/*_{side}.png"):
                 seq, level, env = img.parents[1].name, img.parents[2].name, img.parents[3].name
-                samples.append(_common.Sample(f"{env}_{level}_{seq}_{img.stem}", {
+                samples.append(common.Sample(f"{env}_{level}_{seq}_{img.stem}", {
                     "rgb": img, "depth": img.parents[1] / f"depth_{side}" / f"{img.stem}_depth.npy"}))
         return {"train": sorted(samples, key=lambda s: s.name)}
 
     def _load(self, sample):
-        rgb = _common.read_rgb(sample.files["rgb"])
-        return rgb, _common.check_depth(_common.read_npy(sample.files["depth"]), sample.files["depth"])
+        rgb = common.read_rgb(sample.files["rgb"])
+        return rgb, common.check_depth(common.read_npy(sample.files["depth"]), sample.files["depth"])

@@ -1,4 +1,4 @@
-"""`sddr-jax convert IN.pt OUT`: official PyTorch checkpoint -> Flax/Orbax checkpoint directory (spec 4).
+"""`sddr-jax convert IN.pt OUT`: official PyTorch checkpoint -> Flax/Orbax checkpoint directory (docs/method.md §4).
 
 Reading the `.pt` file needs no torch (restricted unpickler); the output loads with
 `sddr_jax.convert.load_params(OUT)` and by `sddr-jax refine --checkpoint OUT`.

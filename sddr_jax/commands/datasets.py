@@ -35,15 +35,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sddr_jax import data_registry
+    from sddr_jax.data import registry
 
     if args.action == "list":
-        for name, (kind, desc) in data_registry.DATASETS.items():
-            configs = [c.name for c in getattr(data_registry.builder_class(name), "BUILDER_CONFIGS", [])]
+        for name, (kind, desc) in registry.DATASETS.items():
+            configs = [c.name for c in getattr(registry.builder_class(name), "BUILDER_CONFIGS", [])]
             print(f"{name:16s} {kind:9s} {desc}" + (f"  [configs: {', '.join(configs)}]" if configs else ""))
         return 0
     if args.action == "info":
-        builder = data_registry.get_builder(args.name, args.data_dir, args.config)
+        builder = registry.get_builder(args.name, args.data_dir, args.config)
         if not builder.is_prepared():
             print(f"{builder.info.full_name}: not built under {args.data_dir}")
             return 1
@@ -60,7 +60,7 @@ def run(args) -> int:
             raise UserError("--num_workers applies to sddr_synthetic only")
         kwargs["num_workers"] = args.num_workers
     start = time.time()
-    builder = data_registry.build(args.name, args.data_dir, args.manual_dir, args.config,
+    builder = registry.build(args.name, args.data_dir, args.manual_dir, args.config,
                                   overwrite=args.overwrite, **kwargs)
     if builder.already_built:
         print(f"{builder.info.full_name}: already built in {builder.data_dir} (pass --overwrite to rebuild)")

@@ -1,6 +1,6 @@
 """`sddr-jax demo`: the whole method on a fresh machine, with no downloads.
 
-1. builds a small `sddr_synthetic` set (procedural RGB-D scenes; the simulated predictor of spec 7 makes the
+1. builds a small `sddr_synthetic` set (procedural RGB-D scenes; the simulated predictor of docs/method.md §7 makes the
    blurry-but-consistent low and sharp-but-inconsistent high inputs),
 2. trains the refiner from scratch with self-distillation (`configs/synthetic.py`: L_gt first, then
    pseudo-label rounds with G_S from the model's own coarse-to-fine refinement),
@@ -43,7 +43,7 @@ def default_config_path() -> pathlib.Path:
 
 
 def _prepare_out(out: pathlib.Path, overwrite: bool) -> None:
-    from sddr_jax.commands.common import check_writable_dir
+    from sddr_jax.io import check_writable_dir
 
     finished = (out / "metrics.md").exists()
     if finished and not overwrite:
@@ -59,55 +59,11 @@ def _prepare_out(out: pathlib.Path, overwrite: bool) -> None:
     check_writable_dir(out, "output folder")
 
 
-def draw_panels(config, workdir: pathlib.Path, panels_dir: pathlib.Path, num: int) -> list[pathlib.Path]:
-    """Panels of the first `num` held-out images with the trained params, G_S and the soft masks."""
-    import jax
-    import numpy as np
-
-    from sddr_jax import checkpointing, coarse_to_fine, metrics, train, viz
-    from sddr_jax.predictors import SimulatedPredictor
-
-    params, _ = checkpointing.load_params(workdir)
-    model = train.make_model(config)
-    opts = train.label_options(config)
-    pred_options = dict(opts.pop("predictor_options"))
-    apply = jax.jit(lambda p, low, high: model.apply({"params": p}, low, high, train=False))
-
-    @jax.jit
-    def labels_of(p, depth, key):
-        predictor = SimulatedPredictor.create(key, **pred_options)
-        return coarse_to_fine.edge_labels(p, depth, predictor, **opts)
-
-    data = train.TrainData(config)
-    panels_dir.mkdir(parents=True, exist_ok=True)
-    written, index = [], 0
-    for batch, n_real in data.eval_batches(1):
-        out = apply(params, batch["low"], batch["high"])
-        labels = labels_of(params, batch["depth"], jax.random.PRNGKey(int(config.seed)))
-        for i in range(n_real):
-            if index >= num:
-                return written
-            gt, valid = np.asarray(batch["depth"][i, ..., 0]), np.asarray(batch["valid"][i, ..., 0])
-            maps = {k: np.asarray(v[i, ..., 0]) for k, v in
-                    (("low", batch["low"]), ("high", batch["high"]), ("refined", out.refined))}
-            aligned = {k: np.asarray(metrics.align_prediction(v, gt, valid)) for k, v in maps.items()}
-            err = {f"error {k}": np.where(valid, np.abs(a - gt), np.nan) for k, a in aligned.items()}
-            panels = [("rgb", np.asarray(batch["rgb"][i])), *((k, aligned[k]) for k in maps),
-                      ("ground truth", np.where(valid, gt, np.nan)), *err.items(),
-                      ("G_S (pseudo-label)", np.asarray(labels["edge"][i, ..., 0])),
-                      ("soft mask m5", np.asarray(out.mask_quart[i, ..., 0])),
-                      ("soft mask m6", np.asarray(out.mask_half[i, ..., 0]))]
-            path = panels_dir / f"test_{index:03d}.png"
-            viz.save_panels(path, panels, ncols=6, overwrite=True,
-                            shared_range=("low", "high", "refined", "ground truth"))
-            written.append(path)
-            index += 1
-    return written
-
-
 def run(args) -> int:
-    from sddr_jax import train, viz
-    from sddr_jax.commands.common import metrics_table, write_text_atomic
+    from sddr_jax import training, viz
+    from sddr_jax.training.panels import draw_panels
+    from sddr_jax.eval.evaluate import metrics_table
+    from sddr_jax.io import write_text_atomic
 
     t0 = time.perf_counter()
     out = pathlib.Path(args.out).absolute()
@@ -115,7 +71,7 @@ def run(args) -> int:
         raise UserError(f"--num-panels: expected a count >= 0, got {args.num_panels}")
     _prepare_out(out, args.overwrite)
     spec = args.config or str(default_config_path())
-    config = train.load_config(spec, args.overrides)
+    config = training.load_config(spec, args.overrides)
     if not config.data.get("data_dir"):
         config.data.data_dir = str(out / "data")
     workdir = out / "run"
@@ -124,7 +80,7 @@ def run(args) -> int:
           f"with G_S refreshed every {config.train.label_refresh_steps} steps)", flush=True)
 
     print("[1/4] data and training (the dataset is built on first use)", flush=True)
-    result = train.train_and_evaluate(config, workdir)
+    result = training.train_and_evaluate(config, workdir)
     summary = result["eval"]
     if not summary:
         raise UserError(f"{workdir}: training finished without an evaluation")

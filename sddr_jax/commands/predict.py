@@ -8,7 +8,7 @@ Output layout (the official SDDR demo input layout, `demo_input/<dataset>/<predi
 named like the RGB files (stem + `.png`), so `sddr-jax refine --rgb DIR --low OUT/low_518 --high
 OUT/high_1036` takes them. Each map is the original `infer_image` (keep-aspect resize to a multiple of 14
 with the given lower bound, OpenCV cubic, ImageNet normalisation, bilinear align_corners back to H x W),
-then written by `sddr_jax.io.write_depth` (atomic; the official quantisation of spec 5.1 step 5:
+then written by `sddr_jax.io.write_depth` (atomic; the official quantisation of docs/method.md §5.1 step 5:
 min-max to [0, 1], x65535, truncated to uint16).
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def run(args) -> int:
     import jax.numpy as jnp
 
     from sddr_jax import io
-    from sddr_jax.convert_depth_anything import load_depth_anything
+    from sddr_jax.convert.depth_anything import load_depth_anything
     from sddr_jax.models.depth_anything import get_config
 
     wanted = get_config(args.model)

@@ -1,4 +1,4 @@
-"""`sddr-jax refine`: refine low/high depth predictions (one-stage spec 5.1, or coarse-to-fine spec 5.2).
+"""`sddr-jax refine`: refine low/high depth predictions (one-stage docs/method.md §5.1, or coarse-to-fine docs/method.md §5.2).
 
 One pair:
     sddr-jax refine --checkpoint CKPT --low LOW --high HIGH --output OUT [--rgb IMAGE] [--size 2048]
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import numpy as np
 
 from sddr_jax.errors import UserError
 
@@ -39,7 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="working size S, a multiple of 128 (default 2048; 1024 with --two-stage)")
     parser.add_argument("--two-stage", action="store_true",
-                        help="coarse-to-fine refinement (spec 5.2) on the precomputed maps; needs the RGB size")
+                        help="coarse-to-fine refinement (docs/method.md §5.2) on the precomputed maps; needs the RGB size")
     parser.add_argument("--low-resolution", type=int, default=None,
                         help="resolution the low maps were predicted at (default: from a low_RES folder, else 448)")
     parser.add_argument("--preview", action="store_true",
@@ -120,12 +122,11 @@ def plan_jobs(args) -> tuple[list[tuple[str, Path, Path, Path | None, Path]], in
     return [(n, lows[n], highs[n], rgbs.get(n), out / f"{n}{ext}") for n in sorted(lows)], low_res
 
 
-def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: int) -> "np.ndarray":
+def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: int,
+                model_config=None) -> np.ndarray:
     """Refine one pair and write it (and its preview); returns the refined map."""
-    import numpy as np
-
     from sddr_jax import io
-    from sddr_jax.refine import refine_one_stage
+    from sddr_jax.inference.one_stage import refine_one_stage
 
     low = io.read_depth(low_path)
     high = io.read_depth(high_path)
@@ -136,17 +137,21 @@ def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: 
     if args.two_stage:
         import jax.numpy as jnp
 
-        from sddr_jax.predictors import PrecomputedPredictor, stack_maps
-        from sddr_jax.refine import minmax_normalize, refine_two_stage
+        from sddr_jax.inference.one_stage import RefinerFn
+        from sddr_jax.inference.predictors import PrecomputedPredictor, stack_maps
+        from sddr_jax.inference.two_stage import refine_two_stage
+        from sddr_jax.ops import minmax_normalize
 
         def norm(a):
             return minmax_normalize(jnp.asarray(a, jnp.float32)[None, ..., None])
 
         image = stack_maps(norm(low), norm(high), *out_hw)
-        refined = refine_two_stage(params, image, PrecomputedPredictor(low_resolution=low_res), size=args.size)
+        refined = refine_two_stage(params, image, PrecomputedPredictor(low_resolution=low_res), size=args.size,
+                                   refiner_fn=RefinerFn.from_config(model_config))
         refined = np.asarray(refined)[0, ..., 0]
     else:
-        refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args))
+        refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args),
+                                   model_config=model_config)
     io.write_depth(out_path, refined, overwrite=args.overwrite)
     if args.preview:
         import cv2
@@ -166,8 +171,9 @@ def _preview_path(out_path: Path) -> Path:
 
 
 def run(args) -> int:
-    from sddr_jax.commands.common import check_writable_dir, load_any_params
-    from sddr_jax.refine import check_size
+    from sddr_jax.checkpoints import load_refiner
+    from sddr_jax.io import check_writable_dir
+    from sddr_jax.inference.one_stage import check_size
 
     if args.size is None:
         args.size = 1024 if args.two_stage else 2048
@@ -185,16 +191,16 @@ def run(args) -> int:
         check_writable_dir(Path(args.output), "--output")
     else:
         check_writable_dir(jobs[0][4].parent, "--output folder")
-    params = load_any_params(args.checkpoint)
+    params, model_config = load_refiner(args.checkpoint)
     mode = f"two-stage (S={args.size}, low maps at {low_res})" if args.two_stage else f"one-stage (S={args.size})"
     if len(jobs) == 1:
         name, lo, hi, rgb, out = jobs[0]
-        refined = refine_pair(args, params, lo, hi, rgb, out, low_res)
+        refined = refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
         print(f"refined {lo} + {hi}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]})")
         return 0
     from tqdm.auto import tqdm
 
     for name, lo, hi, rgb, out in tqdm(jobs, desc="refine", unit="map"):
-        refine_pair(args, params, lo, hi, rgb, out, low_res)
+        refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
     print(f"refined {len(jobs)} maps, {mode} -> {args.output}")
     return 0

@@ -1,4 +1,4 @@
-"""`sddr-jax train`: train the refiner with self-distillation (spec 10); resumes from --workdir.
+"""`sddr-jax train`: train the refiner with self-distillation (docs/method.md §10); resumes from --workdir.
 
     sddr-jax train --config configs/synthetic.py[:arg] --workdir DIR [--config.x=y ...] [--init_from PATH]
 
@@ -20,33 +20,31 @@ def add_arguments(parser) -> None:
                              "SegFormer's ImageNet MiT-b0 weights (ignored when the workdir has a checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="--config.KEY=VALUE", help="config overrides")
 
-    # `--config.x=y` options cannot be declared in advance: collect them from the unknown arguments.
-    def parse_args(args=None, namespace=None):
-        ns, extra = parser.parse_known_args(args, namespace)
-        overrides, i = list(ns.overrides or []), 0
-        while i < len(extra):
-            item = extra[i]
-            if not item.startswith("--config."):
-                parser.error(f"unrecognized argument {item} (config overrides look like --config.train.num_steps=10)")
-            if "=" not in item:
-                if i + 1 >= len(extra):
-                    parser.error(f"{item}: expected a value (--config.key=value)")
-                item, i = f"{item}={extra[i + 1]}", i + 1
-            overrides.append(item)
-            i += 1
-        ns.overrides = overrides
-        return ns
 
-    parser.parse_args = parse_args
+def parse_extra(args, extra: list[str], parser) -> None:
+    """`--config.x=y` / `--config.x y` options cannot be declared in advance: they arrive here as the
+    arguments argparse did not know, and are appended to `args.overrides`."""
+    overrides, i = list(args.overrides or []), 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item} (config overrides look like --config.train.num_steps=10)")
+        if "=" not in item:
+            if i + 1 >= len(extra):
+                parser.error(f"{item}: expected a value (--config.key=value)")
+            item, i = f"{item}={extra[i + 1]}", i + 1
+        overrides.append(item)
+        i += 1
+    args.overrides = overrides
 
 
 def run(args) -> int:
-    from sddr_jax import train
+    from sddr_jax import training
 
-    config = train.load_config(args.config, args.overrides)
+    config = training.load_config(args.config, args.overrides)
     if args.init_from:
         config.init_from = args.init_from
-    result = train.train_and_evaluate(config, args.workdir)
+    result = training.train_and_evaluate(config, args.workdir)
     print(f"trained {result['step']} steps -> {args.workdir}")
     ev = result.get("eval") or {}
     keys = ("abs_rel", "delta1", "ord_boost", "d3r")

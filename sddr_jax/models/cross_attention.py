@@ -1,4 +1,4 @@
-"""The cross-attention ("CVT") between the deepest low and high features, reshape quirk included (spec 3.5).
+"""The cross-attention ("CVT") between the deepest low and high features, reshape quirk included (docs/method.md §3.5).
 
 The official block flattens an NCHW tensor (B, 2, C, h, w) to tokens with a transpose, runs a transformer
 block, and reshapes the (B, 2hw, C) result straight back to (B, 2, C, h, w) WITHOUT transposing back. The
@@ -20,7 +20,7 @@ from sddr_jax.ops import LN_EPS_PATCH, gelu_exact, layer_norm
 Dtype = Any
 Array = jax.Array
 
-CONV_INIT = nn.initializers.normal(0.01)  # the 1x1 convs and the transposed 1x1 conv (spec 3.7)
+CONV_INIT = nn.initializers.normal(0.01)  # the 1x1 convs and the transposed 1x1 conv (docs/method.md §3.7)
 DENSE_INIT = nn.initializers.normal(0.02)  # trunc_normal(0.02) truncated at +-2 absolute == normal
 
 

@@ -1,4 +1,4 @@
-"""Decoder with learned soft masks and the two side outputs (spec 3.6).
+"""Decoder with learned soft masks and the two side outputs (docs/method.md §3.6).
 
 Skip pairs by level: 1 <-> b3, 2 <-> b2, 3 <-> b1, 4 <-> (l3, h3), 5 <-> (l2, h2), 6 <-> (l1, h1). The mask
 weights the LOW branch: f_k = m_k * low_k + (1 - m_k) * high_k (the paper's Omega is 1 - m).

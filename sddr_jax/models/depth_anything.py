@@ -1,6 +1,6 @@
 """Depth Anything V2 (DINOv2 encoder + DPT head) in Flax linen, and `DepthAnythingPredictor`.
 
-A JAX-native base predictor for the SDDR pipelines (spec 1: pluggable predictors; spec 5: the predictor is
+A JAX-native base predictor for the SDDR pipelines (docs/method.md §1: pluggable predictors; docs/method.md §5: the predictor is
 called at a low and a high resolution, and on windows at an adaptive resolution). The network follows the
 original Depth Anything V2 repository (`depth_anything_v2/dpt.py`); the Hugging Face
 `DepthAnythingForDepthEstimation` computes the same network (see `pos_embed_mode` for the one difference).
@@ -216,7 +216,7 @@ class DepthAnythingPredictor:
     """Depth Anything V2 as an SDDR predictor: `predictor(image, size) -> (B, size, size, 1)` float32.
 
     Args:
-      params: Flax parameters of `DepthAnythingV2` (from `sddr_jax.convert_depth_anything`).
+      params: Flax parameters of `DepthAnythingV2` (from `sddr_jax.convert.depth_anything`).
       config: "small" / "base" / "large" (or any `get_config` name) or a `DepthAnythingConfig`.
       output: "disparity" (default): the network's relative inverse depth (larger = nearer), like MiDaS;
         "depth": the per-image flip max(d) - d (larger = farther, as LeReS), an order-reversing affine map

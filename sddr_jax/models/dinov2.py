@@ -1,13 +1,13 @@
 """DINOv2 ViT encoder (patch 14) as used by Depth Anything V2, in Flax linen.
 
-Not part of the SDDR spec: this is the backbone of the JAX-native base predictor (spec 1, "pluggable
+Not part of the SDDR spec: this is the backbone of the JAX-native base predictor (docs/method.md §1, "pluggable
 predictors"). It follows the original Depth Anything V2 repository (`depth_anything_v2/dinov2.py`) and the
 Hugging Face `Dinov2Backbone`, which compute the same network and differ only in how they interpolate the
 position embeddings for a grid other than 37 x 37 (see `pos_embed_mode`).
 
 Parameter names follow the original repository (`blocks_3/attn/qkv`, `ls1`, `norm`, ...) so that the
 converter from the original `.pth` layout is a rename plus transposes; the Hugging Face layout is mapped to
-the same names (see `sddr_jax/convert_depth_anything.py`).
+the same names (see `sddr_jax/convert/depth_anything.py`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The DPT depth head of Depth Anything V2 (reassemble, RefineNet fusion, output convolutions) in Flax linen.
 
-Not part of the SDDR spec: the head of the JAX-native base predictor (spec 1). It follows the original
+Not part of the SDDR spec: the head of the JAX-native base predictor (docs/method.md §1). It follows the original
 `DPTHead` of Depth Anything V2 (`use_bn=False`, `use_clstoken=False`), which Hugging Face's
 `DepthAnythingNeck` + `DepthAnythingDepthEstimationHead` compute identically. Parameter names follow the
 original repository without its `scratch.` level: `projects_i`, `resize_layers_{0,1,3}`, `layer{k}_rn`,

@@ -1,4 +1,4 @@
-"""The Mix Transformer (MiT) backbone of SegFormer, b0..b5 (spec 3.3).
+"""The Mix Transformer (MiT) backbone of SegFormer, b0..b5 (docs/method.md §3.3).
 
 The refiner uses MiT-b0 fed with the 16-channel stem features at S/4. Token grids are kept as NHWC maps
 between stages; inside a stage tokens are (B, h*w, C) in row-major order, as in PyTorch's `flatten(2)`.
@@ -184,7 +184,7 @@ class MixVisionTransformer(nn.Module):
     """MiT backbone: four stages (patch embed -> blocks -> LayerNorm) returning four NHWC maps.
 
     `in_channels` only sets the default init of the stage-1 projection: the refiner feeds 16 stem
-    channels through a fresh conv with PyTorch's default init (spec 3.7).
+    channels through a fresh conv with PyTorch's default init (docs/method.md §3.7).
     """
 
     config: MiTConfig = MIT_CONFIGS["b0"]

@@ -1,12 +1,15 @@
-"""`Refiner`: the whole SDDR refiner network (spec 3), a port of the official PyTorch `FuseNet`.
+"""`Refiner`: the whole SDDR refiner network (docs/method.md §3), a port of the official PyTorch `FuseNet`.
 
-Forward (spec 3.4): high' = grad(high); the stem and the MiT backbone (shared weights) turn both inputs
+Forward (docs/method.md §3.4): high' = grad(high); the stem and the MiT backbone (shared weights) turn both inputs
 into feature lists [x1, x2, x3, b1, b2, b3, b4]; the cross-attention adds residuals to both b4 maps; the
 decoder fuses the two lists with soft masks and returns the refined map plus side outputs.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 import flax
 import flax.linen as nn
@@ -17,6 +20,7 @@ from sddr_jax.models.cross_attention import CrossAttention
 from sddr_jax.models.decoder import Decoder
 from sddr_jax.models.mit import MixVisionTransformer, get_mit_config
 from sddr_jax.models.stem import Down
+from sddr_jax.errors import UserError
 from sddr_jax.ops import ConvReplicate
 
 Array = jax.Array
@@ -103,3 +107,95 @@ class Refiner(nn.Module):
         out = Decoder(channels, dtype=dt, name="decoder")(feats_low, feats_high)
         out = [o.astype(jnp.float32) for o in out]
         return RefinerOutput(*out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The one place that builds a Refiner from a model config (training, checkpoints, CLI and Python API).
+
+DEFAULT_MODEL_CONFIG = {"backbone": "b0", "cross_iterations": 8, "dtype": "float32"}
+_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_config_dict(model_config: Any = None) -> dict[str, Any]:
+    """A model config (`config.model` of training, a dict saved in a checkpoint, or None for the official
+    b0 refiner) as a plain, validated dict {backbone, cross_iterations, dtype}; unknown keys are refused."""
+    given = {} if model_config is None else dict(model_config)
+    unknown = sorted(set(given) - set(DEFAULT_MODEL_CONFIG))
+    if unknown:
+        raise UserError(f"model config: unknown keys {unknown} (expected {sorted(DEFAULT_MODEL_CONFIG)})")
+    cfg = {**DEFAULT_MODEL_CONFIG, **given}
+    try:
+        get_mit_config(str(cfg["backbone"]))
+    except ValueError as e:
+        raise UserError(f"model config: backbone: {e}") from None
+    try:
+        cfg["cross_iterations"] = int(cfg["cross_iterations"])
+    except (TypeError, ValueError):
+        raise UserError(f"model config: cross_iterations must be an integer, got {cfg['cross_iterations']!r}") from None
+    if cfg["cross_iterations"] < 0:
+        raise UserError(f"model config: cross_iterations must be >= 0, got {cfg['cross_iterations']}")
+    if cfg["dtype"] not in _DTYPES:
+        raise UserError(f"model config: dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
+    cfg["backbone"] = str(cfg["backbone"])
+    return cfg
+
+
+def build_refiner(model_config: Any = None, *, dtype: Dtype | None = None) -> Refiner:
+    """The `Refiner` of a model config (None: the official b0 refiner with 8 cross-attention blocks).
+
+    `dtype` (a jnp dtype) overrides the config's compute dtype, e.g. bf16 inference of a float32 model.
+    """
+    cfg = model_config_dict(model_config)
+    return Refiner(backbone=cfg["backbone"], cross_iterations=cfg["cross_iterations"],
+                   dtype=dtype if dtype is not None else _DTYPES[cfg["dtype"]])
+
+
+def _flatten_tree(tree: Any, prefix: tuple[str, ...] = ()):
+    for k, v in tree.items():
+        if hasattr(v, "items"):
+            yield from _flatten_tree(v, prefix + (str(k),))
+        else:
+            yield prefix + (str(k),), v
+
+
+@functools.lru_cache(maxsize=None)
+def _param_shapes(model_items: tuple) -> dict[tuple[str, ...], tuple[int, ...]]:
+    x = jax.ShapeDtypeStruct((1, 128, 128, 1), jnp.float32)
+    model = build_refiner(dict(model_items))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x, x)["params"]
+    return {path: tuple(v.shape) for path, v in _flatten_tree(shapes)}
+
+
+def param_shapes(model_config: Any = None) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{parameter path: shape} of the Refiner of a model config (traced abstractly, nothing allocated)."""
+    return dict(_param_shapes(tuple(sorted(model_config_dict(model_config).items()))))
+
+
+def params_report(params: Any, model_config: Any = None) -> str:
+    """'' when `params` has exactly the keys and shapes of the model config's Refiner; else one line listing
+    every missing, unexpected and wrongly shaped parameter path."""
+    if not hasattr(params, "items"):
+        raise UserError(f"params: expected a nested dict of arrays, got {type(params).__name__}")
+    want = param_shapes(model_config)
+    got = {path: tuple(np.shape(v)) for path, v in _flatten_tree(params)}
+    missing = sorted("/".join(k) for k in want if k not in got)
+    unexpected = sorted("/".join(k) for k in got if k not in want)
+    bad = sorted(f"{'/'.join(k)} {got[k]} != {want[k]}" for k in want if k in got and got[k] != want[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:8])
+                     + (" ..." if len(unexpected) > 8 else ""))
+    if bad:
+        parts.append(f"{len(bad)} wrong shape: " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
+    return " | ".join(parts)
+
+
+def check_params(params: Any, model_config: Any = None, where: str = "params") -> None:
+    """Raises one UserError naming every key/shape difference between `params` and the model config's
+    Refiner (`where` names the source, e.g. a checkpoint path)."""
+    report = params_report(params, model_config)
+    if report:
+        cfg = model_config_dict(model_config)
+        raise UserError(f"{where}: parameters do not fit the refiner {cfg}: {report}")

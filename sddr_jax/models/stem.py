@@ -1,4 +1,4 @@
-"""The stem residual blocks `Down` shared by the low and high branches (spec 3.2).
+"""The stem residual blocks `Down` shared by the low and high branches (docs/method.md §3.2).
 
 PyTorch origin: `Resnet.BasicBlock_ini` with a 1x1 stride-2 shortcut; its "bn1/bn2" are GroupNorms.
 """
@@ -13,7 +13,7 @@ from sddr_jax.ops import group_norm, leaky_relu
 
 Dtype = Any
 
-# Spec 3.7: convs outside the backbone start from normal(0, 0.01) with zero bias.
+# docs/method.md §3.7: convs outside the backbone start from normal(0, 0.01) with zero bias.
 CONV_INIT = nn.initializers.normal(0.01)
 
 

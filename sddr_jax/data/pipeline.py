@@ -1,4 +1,4 @@
-"""Input pipeline: `tfds.data_source` -> grain `MapDataset` -> batches in the layout the train step wants (spec 10).
+"""Input pipeline: `tfds.data_source` -> grain `MapDataset` -> batches in the layout the train step wants (docs/method.md §10).
 
     source (ArrayRecord, random access)
       -> shard by JAX process (ShardByJaxProcess: contiguous 1/process_count of the records)
@@ -6,7 +6,7 @@
       -> decode + augment on the host (OpenCV; a per-example RNG derived from the seed and the stream index)
       -> to_iter_dataset (thread pool) -> batch
       -> simulated base predictor for records without precomputed low/high (jitted, per-example keys)
-      -> layout: flat (B_local, ...) for jit/shard_map, or (local_devices, B_local/local_devices, ...) for pmap
+      -> flat (B_local, ...) batches of this process's rows (`training.parallel.Placement` lays them out)
 
 Every stage is a grain transformation, so `iterator.get_state()` / `set_state()` (and Orbax, through
 `grain.checkpoint.CheckpointSave/CheckpointRestore`) resume the stream exactly: the augmentation and the
@@ -15,7 +15,7 @@ simulated-predictor noise depend only on (seed, process index, position in the s
 Batch dict (docs/architecture.md): `rgb (B,S,S,3)` float32 in [0,1], `low`/`high (B,S,S,1)` float32 in [0,1]
 (min-max normalised per example), `depth (B,S,S,1)` float32, `valid (B,S,S,1)` bool (finite and > 0).
 
-What the paper leaves open and we chose (spec 10: "augmentation similar to GBDF", GBDF resizes to 2048²):
+What the paper leaves open and we chose (docs/method.md §10: "augmentation similar to GBDF", GBDF resizes to 2048²):
 a random crop covering `crop_scale` of each side (1.0 = the whole image), squashed to S x S like the
 official resize, horizontal flip, photometric jitter on the RGB only. Ground-truth depth is resized with
 nearest neighbour (no mixing across occlusion edges or with invalid zeros); precomputed low/high with
@@ -26,17 +26,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import pathlib
 from typing import Any, Callable, Mapping
 
 import cv2
 import grain
+import jax
 import numpy as np
 
+from sddr_jax.data import registry
 from sddr_jax.errors import UserError
+from sddr_jax.noise import simulate_prediction
+from sddr_jax.ops import minmax_normalize
 
-log = logging.getLogger("sddr_jax.input_pipeline")
+log = logging.getLogger("sddr_jax.data.pipeline")
 
-BATCH_KEYS = ("rgb", "low", "high", "depth", "valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +76,7 @@ class AugmentConfig:
 
 def data_source(name: str, data_dir, split: str, config: str | None = None):
     """The random-access `tfds.data_source` of a built sddr-jax dataset (no TensorFlow needed)."""
-    from sddr_jax import data_registry
-
-    builder = data_registry.get_builder(name, data_dir, config)  # imports and registers the builder
+    builder = registry.get_builder(name, data_dir, config)  # imports and registers the builder
     if not builder.is_prepared():
         raise UserError(f"dataset {builder.info.full_name} is not built under {data_dir}; run "
                         f"'sddr-jax datasets build {name} --data_dir {data_dir}"
@@ -111,13 +114,6 @@ def decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros_like(x, np.float32)
-    return ((x - lo) / (hi - lo)).astype(np.float32)
-
-
 def _crop_resize(arr: np.ndarray, box: tuple[float, float, float, float], size: int, interp: int) -> np.ndarray:
     """Crop `box` = (y0, x0, h, w) in fractions of the array's own size, then resize to size x size."""
     h, w = arr.shape[:2]
@@ -141,8 +137,8 @@ def process_example(example: Mapping[str, Any], size: int, augment: AugmentConfi
     depth = _crop_resize(example["depth"], box, size, cv2.INTER_NEAREST)
     has_pred = example["low"] is not None
     if has_pred:
-        low = _minmax(_crop_resize(example["low"], box, size, cv2.INTER_NEAREST))
-        high = _minmax(_crop_resize(example["high"], box, size, cv2.INTER_NEAREST))
+        low = minmax_normalize(_crop_resize(example["low"], box, size, cv2.INTER_NEAREST), axis=(0, 1))
+        high = minmax_normalize(_crop_resize(example["high"], box, size, cv2.INTER_NEAREST), axis=(0, 1))
     else:
         low = high = np.zeros((size, size), np.float32)
 
@@ -179,10 +175,6 @@ def process_example(example: Mapping[str, Any], size: int, augment: AugmentConfi
 @functools.lru_cache(maxsize=16)
 def _jitted_simulator(kwargs_items: tuple):
     """One jitted, vmapped `simulate_prediction` per set of noise settings, shared by every dataset."""
-    import jax
-
-    from sddr_jax.noise import simulate_prediction
-
     kwargs = dict(kwargs_items)
 
     def one(gt, base, index):
@@ -199,8 +191,6 @@ def make_simulator(seed: int, process_index: int = 0, device=None, **predictor_k
     not depend on what else is in its batch, so a resumed stream reproduces it exactly. The computation
     runs on `device` (default: the first CPU device).
     """
-    import jax
-
     device = device if device is not None else jax.devices("cpu")[0]
     try:
         fn = _jitted_simulator(tuple(sorted(predictor_kwargs.items())))
@@ -243,7 +233,6 @@ def make_dataset(
     train: bool = True,
     num_epochs: int | None = None,
     augment: AugmentConfig | None = None,
-    layout: str = "flat",
     drop_remainder: bool | None = None,
     simulate: bool | str = "auto",
     predictor_kwargs: Mapping[str, Any] | None = None,
@@ -252,7 +241,6 @@ def make_dataset(
     prefetch_buffer_size: int = 8,
     skip_corrupt: bool = False,
     skip_counter: SkipCounter | None = None,
-    num_local_devices: int | None = None,
     shard: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
     """The grain dataset of device-ready batches from a random-access `source` (e.g. `data_source(...)`).
@@ -266,9 +254,7 @@ def make_dataset(
       train: shuffles, repeats (`num_epochs`, None = forever) and augments; False = one ordered pass with
         no augmentation (unless `augment` is given).
       augment: augmentation; default `AugmentConfig()` when training, `AugmentConfig.none()` otherwise.
-      layout: "flat" -> arrays (B_local, ...) for jit / shard_map (see `to_global_arrays`); "pmap" ->
-        (num_local_devices, B_local / num_local_devices, ...) for `jax.pmap`.
-      drop_remainder: drop a last partial batch (default: True when training or for "pmap").
+      drop_remainder: drop a last partial batch (default: True when training).
       simulate: "auto" = run `sddr_jax.noise.simulate_prediction` on the GT depth for records without
         precomputed low/high; True = always; False = never (low/high stay 0 for such records).
       predictor_kwargs: keyword arguments of `simulate_prediction` (the noise model's settings).
@@ -277,7 +263,6 @@ def make_dataset(
       num_threads, prefetch_buffer_size: grain's host thread pool for decoding/augmentation.
       skip_corrupt: skip records that fail to decode (each logged; counted in `skip_counter`); by default
         a corrupt record raises UserError naming it.
-      num_local_devices: devices per process for "pmap" (default `jax.local_device_count()`).
       shard: (process_count, process_index); default from JAX (`ShardByJaxProcess`).
 
     Returns:
@@ -287,8 +272,6 @@ def make_dataset(
         raise UserError(f"image_size: expected a positive int, got {image_size}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed: expected a non-negative int, got {seed!r}")
-    if layout not in ("flat", "pmap"):
-        raise UserError(f"layout: expected 'flat' or 'pmap', got {layout!r}")
     if simulate not in ("auto", True, False):
         raise UserError(f"simulate: expected 'auto', True or False, got {simulate!r}")
     process_count, process_index = shard if shard is not None else _process_count_index()
@@ -296,19 +279,11 @@ def make_dataset(
         raise UserError(f"global_batch_size {global_batch_size}: must be a positive multiple of the "
                         f"process count {process_count}")
     local_batch = global_batch_size // process_count
-    if layout == "pmap":
-        if num_local_devices is None:
-            import jax
-
-            num_local_devices = jax.local_device_count()
-        if local_batch % num_local_devices:
-            raise UserError(f"global_batch_size {global_batch_size}: the per-process batch {local_batch} must "
-                            f"be a multiple of the {num_local_devices} local devices for layout='pmap'")
     if augment is None:
         augment = AugmentConfig() if train else AugmentConfig.none()
     augment.validate()
     if drop_remainder is None:
-        drop_remainder = train or layout == "pmap"
+        drop_remainder = train
     n = len(source)
     if n < process_count:
         raise UserError(f"source has {n} records, fewer than the {process_count} processes")
@@ -354,20 +329,75 @@ def make_dataset(
             keep = has_pred[:, None, None, None] if simulate == "auto" else np.zeros_like(has_pred)[:, None, None, None]
             batch["low"] = np.where(keep, batch["low"], low)
             batch["high"] = np.where(keep, batch["high"], high)
-        if layout == "pmap":
-            batch = {k: v.reshape((num_local_devices, -1) + v.shape[1:]) for k, v in batch.items()}
         return batch
 
     return it.map(finish)
 
 
-def to_global_arrays(batch: Mapping[str, np.ndarray], sharding) -> dict:
-    """Process-local flat batch -> global `jax.Array`s sharded with `sharding` (for jit / shard_map)."""
-    import jax
-
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+# --------------------------------------------------------------------------------------------------------
+# The training adapter: a config's training stream and held-out batches
 
 
-def make_train_iterator(name: str, data_dir, *, split: str = "train", config: str | None = None, **kwargs):
-    """`iter(make_dataset(data_source(name, data_dir, split, config), **kwargs))`: a checkpointable iterator."""
-    return iter(make_dataset(data_source(name, data_dir, split, config), **kwargs))
+def data_dir_of(config: Any) -> pathlib.Path:
+    """`config.data.data_dir`, else $SDDR_JAX_DATA_DIR, else ~/tensorflow_datasets."""
+    d = config.data.get("data_dir") or os.environ.get("SDDR_JAX_DATA_DIR") or "~/tensorflow_datasets"
+    return pathlib.Path(d).expanduser()
+
+
+class TrainData:
+    """The training stream and the held-out batches of `config.data` (built with `make_dataset`).
+
+    Each process reads its own shard; batches are flat (this process's rows) and `Placement.shard` lays
+    them out. A generated dataset (`sddr_synthetic`) that is not built yet is built first when
+    `data.build_if_missing` is set (process 0 builds, the others wait at a barrier).
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        d = config.data
+        self.data_dir = data_dir_of(config)
+        self.builder_config = d.get("config") or None
+        kind = registry.DATASETS.get(d.name, ("", ""))[0]
+        builder = registry.get_builder(d.name, self.data_dir, self.builder_config)
+        if not builder.is_prepared() and kind == "generated" and d.get("build_if_missing", False):
+            if jax.process_index() == 0:
+                registry.build(d.name, self.data_dir, None, self.builder_config)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("sddr_jax data build")
+                # 0 / empty = simulate_prediction's own default (low S/4, high S, training resolution = low).
+        self.predictor_kwargs = {k: v for k, v in dict(d.predictor).items() if v not in (0, None, "")}
+
+    def _dataset(self, split: str, train: bool, batch_size: int, num_epochs=None):
+        d = self.config.data
+        source = data_source(d.name, self.data_dir, split, self.builder_config)
+        augment = AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                            for k, v in d.augment.items()}) if train else None
+        return make_dataset(
+            source, image_size=int(d.image_size), global_batch_size=batch_size, seed=int(self.config.seed),
+            train=train, num_epochs=num_epochs, augment=augment, drop_remainder=train,
+            predictor_kwargs=self.predictor_kwargs, num_threads=int(d.num_threads),
+            prefetch_buffer_size=int(d.prefetch_buffer_size))
+
+    def train_iterator(self):
+        """A checkpointable grain iterator over training batches (shuffled, augmented, repeated forever)."""
+        return iter(self._dataset(self.config.data.train_split, True, int(self.config.data.batch_size)))
+
+    def eval_batches(self, num_local_devices: int):
+        """Yields (batch, n_real): the held-out split in order, at most `eval.num_examples` images per
+        process (0 = all); a short last batch is padded by repeating its last row to split over the devices."""
+        e = self.config.eval
+        limit = int(e.num_examples) // jax.process_count() if int(e.num_examples) else None
+        per_process = int(e.batch_size)
+        seen = 0
+        for batch in self._dataset(self.config.data.eval_split, False, per_process * jax.process_count(), 1):
+            n = len(batch["depth"])
+            if limit is not None:
+                n = min(n, limit - seen)
+                if n <= 0:
+                    return
+            seen += n
+            pad = (-n) % num_local_devices
+            batch = {k: np.concatenate([v[:n]] + [v[n - 1:n]] * pad) for k, v in batch.items()}
+            yield batch, n

@@ -4,13 +4,13 @@ Two source layouts, neither needing torch:
 - Hugging Face `DepthAnythingForDepthEstimation` (`model.safetensors`, read with the `safetensors` numpy
   API; the `config.json` beside it, when present, gives the architecture);
 - the original repository's `depth_anything_v2_vit{s,b,l}.pth` (read with the torch-free pickle reader
-  `sddr_jax.torch_pickle.load_torch_file`).
+  `sddr_jax.convert.torch_pickle.load_torch_file`).
 
 The Hugging Face names are first renamed to the original ones (q/k/v merged into `qkv`), then one mapping
 takes the original layout to the Flax tree. Every key is accounted for: a file with missing, unexpected or
 wrongly shaped tensors is refused with the full key diff. Tensors that exist in the checkpoints but never
 reach the output (DINOv2's `mask_token`, the first residual unit of the deepest fusion block) are dropped
-by name. Not part of the SDDR spec (spec 1 names the predictor as separate work).
+by name. Not part of the SDDR spec (docs/method.md §1 names the predictor as separate work).
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ import numpy as np
 
 from sddr_jax.errors import UserError
 from sddr_jax.models.depth_anything import CONFIGS, DepthAnythingConfig, DepthAnythingV2, get_config
-
-LAYOUTS = ("hf", "original")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,9 +402,9 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def _read_pth(path: str) -> dict[str, np.ndarray]:
     try:
-        from sddr_jax.torch_pickle import load_torch_file
+        from sddr_jax.convert.torch_pickle import load_torch_file
     except ImportError:  # pragma: no cover - the reader ships with the package
-        raise UserError(f"{path}: reading .pth files needs sddr_jax.torch_pickle, which is not available") from None
+        raise UserError(f"{path}: reading .pth files needs sddr_jax.convert.torch_pickle, which is not available") from None
     state = load_torch_file(path)
     # Some training scripts wrap the weights: {"model": {...}} or {"state_dict": {...}}; and DDP adds "module.".
     for wrapper in ("model", "state_dict"):

@@ -1,4 +1,4 @@
-"""Batched coarse-to-fine refinement: two-stage inference and the edge pseudo-labels G_S (spec 5.2, 5.5, 6).
+"""Batched coarse-to-fine refinement: two-stage inference and the edge pseudo-labels G_S (docs/method.md §5.2, §5.5, §6).
 
 The official code refines one window at a time. Here every step's windows (of every image in the batch)
 go through ONE refiner call: the windows are cropped with static coordinates, resized to the refiner size
@@ -20,32 +20,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sddr_jax import edges
 from sddr_jax.errors import UserError
-from sddr_jax.ops import resize_bilinear
-from sddr_jax.windows import (
+from sddr_jax.inference.one_stage import RefinerFn
+from sddr_jax.ops import align_scale_shift, apply_scale_shift, minmax_normalize, resize_bilinear, resize_cv
+from sddr_jax.inference.windows import (
     BASE_RESOLUTION,
     BLENDS,
     MAX_RESOLUTION,
     OFFICIAL_SCHEDULE,
     Window,
-    align_scale_shift,
-    apply_scale_shift,
-    bilateral_filter,
     blend_windows,
     candidate_resolutions,
     check_schedule,
-    feather_mask,
-    resize_cv,
     resolution_factors,
     resolution_factors_host,
     window_grid,
 )
 
 Array = jax.Array
-RefinerFn = Callable[[Any, Array, Array], Array]
+RefinerCallable = Callable[[Any, Array, Array], Array]
 
-# Official global pass (spec 5.2 step 2): predictor at 448^2 (low) and 1024^2 (high).
+# Official global pass (docs/method.md §5.2 step 2): predictor at 448^2 (low) and 1024^2 (high).
 GLOBAL_SIZES = (448, 1024)
 RESOLUTIONS = ("adaptive", "fixed")
 
@@ -53,24 +48,10 @@ RESOLUTIONS = ("adaptive", "fixed")
 # ----------------------------------------------------------------------------------------------------
 # the refiner call
 
-
-def _minmax(x: Array) -> Array:
-    """Min-max normalise each sample of (B, H, W, C) to [0, 1]; a constant sample maps to zeros."""
-    lo = jnp.min(x, axis=(-3, -2, -1), keepdims=True)
-    rng = jnp.max(x, axis=(-3, -2, -1), keepdims=True) - lo
-    return (x - lo) / jnp.where(rng > 0, rng, 1.0)
-
-
-def official_refiner(params: Any, low: Array, high: Array) -> Array:
-    """The default refiner function: `sddr_jax.refine.refiner_inference` (min-max each input, `Refiner()`).
-
-    Any function `refiner_fn(params, low, high) -> (N, S, S, 1)` with the same meaning can replace it
-    (another backbone, bf16, a stand-in in tests). It must be hashable (a module-level function, or a
-    partial kept alive) because it is a static argument of the jitted pipelines.
-    """
-    from sddr_jax.refine import refiner_inference, unwrap_params  # lazy: refine re-exports this module
-
-    return refiner_inference(unwrap_params(params), low, high).refined
+# The default refiner function: the official b0 refiner (min-max each input). Any hashable function
+# `refiner_fn(params, low, high) -> (N, S, S, 1)` with the same meaning can replace it (another model config via
+# `RefinerFn.from_config`, bf16, a stand-in in tests); it is a static argument of the jitted pipelines.
+official_refiner = RefinerFn()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,7 +78,7 @@ class _Static:
         return isinstance(other, _Static) and self._key() == other._key()
 
 
-def _partition(predictor: Any) -> tuple[list, _Static]:
+def partition_predictor(predictor: Any) -> tuple[list, _Static]:
     if not callable(predictor):
         raise UserError(
             f"predictor: expected a callable predict(image, size) -> depth, got {type(predictor).__name__}"
@@ -115,7 +96,7 @@ def _partition(predictor: Any) -> tuple[list, _Static]:
     return dynamic, _Static(treedef, static)
 
 
-def _combine(dynamic: list, static: _Static) -> Any:
+def combine_predictor(dynamic: list, static: _Static) -> Any:
     leaves = [d if s is None else s for d, s in zip(dynamic, static.leaves)]
     return jax.tree_util.tree_unflatten(static.treedef, leaves)
 
@@ -124,7 +105,7 @@ def _combine(dynamic: list, static: _Static) -> Any:
 # building blocks (pure; called inside jit)
 
 
-def _crop(x: Array, w: Window) -> Array:
+def crop_window(x: Array, w: Window) -> Array:
     return x[:, w.y0 : w.y1, w.x0 : w.x1, :]
 
 
@@ -140,12 +121,12 @@ def _predict(predictor: Callable, image: Array, res: int, size: int) -> Array:
     return resize_bilinear(out.astype(jnp.float32), (size, size))
 
 
-def _global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
-    """Spec 5.2 step 2: refine the whole image at size^2; min-max; OpenCV nearest to H x W -> base map B."""
+def global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
+    """docs/method.md §5.2 step 2: refine the whole image at size^2; min-max; OpenCV nearest to H x W -> base map B."""
     low = _predict(predictor, image, global_sizes[0], size)
     high = _predict(predictor, image, global_sizes[1], size)
     d0 = refiner_fn(params, low, high)
-    return resize_cv(_minmax(d0.astype(jnp.float32)), image.shape[1:3], "nearest")
+    return resize_cv(minmax_normalize(d0.astype(jnp.float32)), image.shape[1:3], "nearest")
 
 
 def _shape_groups(windows: Sequence[Window]) -> dict[tuple[int, int], list[int]]:
@@ -167,7 +148,7 @@ def _highs_planned(image, predictor, windows, plan, size) -> Array:
             groups.setdefault((w.height, w.width, int(plan[b][n])), []).append((b, n))
     outs, order = [], []
     for (_, _, res), members in groups.items():
-        crops = jnp.stack([_crop(image[b : b + 1], windows[n])[0] for b, n in members])
+        crops = jnp.stack([crop_window(image[b : b + 1], windows[n])[0] for b, n in members])
         outs.append(_predict(predictor, crops, res, size))
         order.extend(b * n_win + n for b, n in members)
     highs = jnp.concatenate(outs, axis=0)
@@ -185,7 +166,7 @@ def _highs_selected(image, predictor, windows, index, candidates, size) -> Array
     outs, order = [], []
     for shape, members in _shape_groups(windows).items():
         cands = candidates[members[0]]
-        crops = jnp.stack([_crop(image, windows[n]) for n in members], axis=1)  # (B, G, h, w, C)
+        crops = jnp.stack([crop_window(image, windows[n]) for n in members], axis=1)  # (B, G, h, w, C)
         crops = crops.reshape((-1,) + crops.shape[2:])
         by_res = {res: _predict(predictor, crops, res, size) for res in dict.fromkeys(cands)}
         stacked = jnp.stack([by_res[res] for res in cands])  # (levels, B*G, S, S, 1)
@@ -199,16 +180,16 @@ def _highs_selected(image, predictor, windows, index, candidates, size) -> Array
     return highs
 
 
-def _refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg):
+def refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg):
     """One coarse-to-fine step up to the merge: -> list of aligned window patches (B, h_n, w_n, 1).
 
     low input = B restricted to the window, OpenCV nearest to S (the code's rule; equal to R_nearest_torch
     for S = 2^k); high input = predictor on the image window (resolution by the plan or the in-graph rule),
     R_bilinear_torch to S; ONE refiner call on all B x N windows; least-squares scale/shift of each refined
-    window to its low input; R_cv_cubic back to the window size (spec 5.2 d).
+    window to its low input; R_cv_cubic back to the window size (docs/method.md §5.2 d).
     """
     b_size, n_win = base.shape[0], len(windows)
-    lows = jnp.stack([resize_cv(_crop(base, w), (size, size), "nearest") for w in windows], axis=1)
+    lows = jnp.stack([resize_cv(crop_window(base, w), (size, size), "nearest") for w in windows], axis=1)
     base_res, max_res, fixed = resolution_cfg
     cands = [candidate_resolutions(w.shape, base_res, max_res) for w in windows]
     if plan is None and fixed:  # factor 1.0 everywhere: a static plan, one predictor call per window shape
@@ -227,92 +208,32 @@ def _refine_windows(params, image, base, predictor, windows, size, refiner_fn, p
     return [resize_cv(aligned[:, n], w.shape, "cubic") for n, w in enumerate(windows)]
 
 
-def _interior(shape: tuple[int, int]) -> np.ndarray:
-    # G(.) uses zero padding, so a window's 1-pixel border carries a spurious step: kept out of fit and merge.
-    m = np.zeros(shape, np.float32)
-    m[1:-1, 1:-1] = 1.0
-    return m
-
-
-def _gradient_patches(patches, windows, previous):
-    """Spec 6 step 2: G(D_w) of each window aligned by least squares to the previous label on the window."""
-    out = []
-    for patch, w in zip(patches, windows):
-        grad = edges.sobel_abs(patch)
-        beta1, beta0 = align_scale_shift(grad, _crop(previous, w), jnp.asarray(_interior(w.shape))[..., None])
-        out.append(apply_scale_shift(grad, beta1, beta0))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # jitted cores
 
 
 @functools.partial(jax.jit, static_argnames=("pred_static", "size", "global_sizes", "refiner_fn"))
 def _global_pass_jit(params, image, pred_dynamic, *, pred_static, size, global_sizes, refiner_fn):
-    return _global_pass(params, image, _combine(pred_dynamic, pred_static), size, global_sizes, refiner_fn)
+    return global_pass(params, image, combine_predictor(pred_dynamic, pred_static), size, global_sizes, refiner_fn)
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("pred_static", "windows", "size", "refiner_fn", "blend", "plan", "resolution_cfg"),
 )
-def _two_stage_step_jit(
+def two_stage_step(
     params, image, base, pred_dynamic, *, pred_static, windows, size, refiner_fn, blend, plan, resolution_cfg
 ):
-    predictor = _combine(pred_dynamic, pred_static)
-    patches = _refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg)
+    predictor = combine_predictor(pred_dynamic, pred_static)
+    patches = refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg)
     return blend_windows(base, patches, windows, mode=blend)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "pred_static", "steps", "size", "global_sizes", "refiner_fn", "blend", "resolution_cfg", "bilateral",
-        "mask_cfg",
-    ),
-)
-def _edge_labels_jit(
-    params, image, pred_dynamic, *, pred_static, steps, size, global_sizes, refiner_fn, blend, resolution_cfg,
-    bilateral, mask_cfg,
-):
-    predictor = _combine(pred_dynamic, pred_static)
-    height, width = image.shape[1:3]
-    base = _global_pass(params, image, predictor, size, global_sizes, refiner_fn)
-    label = edges.sobel_abs(base)
-    if bilateral is not None:
-        label = bilateral_filter(label, *bilateral)
-    for pieces, cover in steps:
-        windows = window_grid(height, width, pieces, cover)
-        patches = _refine_windows(
-            params, image, base, predictor, windows, size, refiner_fn, None, resolution_cfg
-        )
-        grads = _gradient_patches(patches, windows, label)
-        masks = [feather_mask(*w.shape) * _interior(w.shape) for w in windows]
-        label = blend_windows(label, grads, windows, masks=masks, mode=blend)
-        base = blend_windows(base, patches, windows, mode=blend)
-    if mask_cfg is None:
-        return {"edge": label, "depth": base}
-    edge_q, flat_q, num_regions, top_fraction, margin, iterations = mask_cfg
-    if num_regions > 0:
-        regions = edges.edge_regions(label, num_regions=num_regions, top_fraction=top_fraction, margin=margin,
-                                     iterations=iterations)
-    else:
-        regions = jnp.zeros((label.shape[0], 0) + label.shape[1:3], bool)
-    return {
-        "edge": label,
-        "mask_edge": edges.mask_edge(label, q=edge_q),
-        "mask_flat": edges.mask_flat(label, q=flat_q),
-        "regions": regions,
-        "depth": base,
-    }
 
 
 # ----------------------------------------------------------------------------------------------------
 # public API
 
 
-def _check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, name):
+def check_common(image, size, blend, resolution, global_sizes, base_resolution, max_resolution, name):
     if getattr(image, "ndim", None) != 4:
         shape = tuple(getattr(image, "shape", ()))
         raise UserError(f"{name}: expected an image batch (B, H, W, C), got shape {shape}")
@@ -350,29 +271,29 @@ def refine_two_stage(
     base_resolution: int = BASE_RESOLUTION,
     max_resolution: int = MAX_RESOLUTION,
     global_sizes: Sequence[int] = GLOBAL_SIZES,
-    refiner_fn: RefinerFn = official_refiner,
+    refiner_fn: RefinerCallable = official_refiner,
 ) -> Array:
-    """Two-stage coarse-to-fine refinement (spec 5.2): rgb (B, H, W, C) -> refined depth (B, H, W, 1).
+    """Two-stage coarse-to-fine refinement (docs/method.md §5.2): rgb (B, H, W, C) -> refined depth (B, H, W, 1).
 
     Global pass at `size`^2 (predictor at `global_sizes`), then for each (pieces, cover) of `schedule`
     (official `((2, 0.2), (3, 0.25))`, paper-like `windows.PAPER_SCHEDULE`) the windows of `window_grid`
     are refined in ONE batched refiner call against the previous step's map and merged with the feather
     mask (`blend="official"`: the official sequential order; `"average"`: order-independent).
 
-    resolution: "adaptive" = the official three-level rule (spec 5.2 c); "fixed" = factor 1.0 everywhere.
+    resolution: "adaptive" = the official three-level rule (docs/method.md §5.2 c); "fixed" = factor 1.0 everywhere.
     plan_on_host: where the adaptive levels are computed. True: on the host (exact official float64
     Sobel/percentile), each window's predictor runs once at its own resolution, grouped by
     (window shape, resolution), one compiled step per distinct plan. False: in-graph (jittable), every
     candidate resolution is predicted and selected. None (default): host unless called under a jax
-    transformation. `predictor` follows the predictor protocol (sddr_jax.predictors); for the simulated
+    transformation. `predictor` follows the predictor protocol (sddr_jax.inference.predictors); for the simulated
     and precomputed predictors `rgb` is the array they expect (ground truth, stacked maps).
     Returns the working map U of the last step (values on the [0, 1] scale of the global pass).
     """
     steps = check_schedule(schedule)
-    size, gs = _check_common(
+    size, gs = check_common(
         rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage"
     )
-    pred_dynamic, pred_static = _partition(predictor)
+    pred_dynamic, pred_static = partition_predictor(predictor)
     traced = isinstance(rgb, jax.core.Tracer)
     if plan_on_host is None:
         plan_on_host = not traced
@@ -397,85 +318,24 @@ def refine_two_stage(
                 base_np = np.asarray(base)
                 levels = np.stack([resolution_factors_host(m[..., 0], windows) for m in base_np])
             plan = tuple(tuple(cands[n][int(lv)] for n, lv in enumerate(row)) for row in levels)
-        base = _two_stage_step_jit(
+        base = two_stage_step(
             params, rgb, base, pred_dynamic, pred_static=pred_static, windows=windows, size=size,
             refiner_fn=refiner_fn, blend=blend, plan=plan, resolution_cfg=cfg,
         )
     return base
 
 
-def edge_labels(
-    params: Any,
-    image: Array,
-    predictor: Callable[[Array, int], Array],
-    schedule: Sequence[tuple[int, float]] = OFFICIAL_SCHEDULE,
-    *,
-    size: int = 1024,
-    blend: str = "official",
-    resolution: str = "adaptive",
-    base_resolution: int = BASE_RESOLUTION,
-    max_resolution: int = MAX_RESOLUTION,
-    global_sizes: Sequence[int] = GLOBAL_SIZES,
-    bilateral: tuple[int, float, float] | None = None,
-    edge_quantile: float = 0.85,
-    flat_quantile: float = 0.15,
-    num_regions: int = 4,
-    top_fraction: float = 0.05,
-    region_margin: int = 8,
-    region_iterations: int = 10,
-    masks: bool = True,
-    refiner_fn: RefinerFn = official_refiner,
-) -> dict[str, Array]:
-    """Self-distilled edge pseudo-labels G_S (spec 6) for a batch: image (B, H, W, C) -> labels dict.
-
-    1. Global pass (as `refine_two_stage`): D_0 -> base map B (B, H, W, 1); G_0 = sobel_abs(B), optionally
-       bilateral-filtered (`bilateral=(radius, sigma_space, sigma_range)`, default off as the code).
-    2. Per step of `schedule`: all windows refined in one batched call against the previous depth (low) and
-       the predictor at the window's adaptive resolution (high); each window's depth is aligned to the low
-       input and merged into the depth map; its gradient G(D_w) (window border excluded) is aligned to the
-       previous label on the window by least squares (beta1, beta0) and merged with the feather mask.
-    Labels come at the image's resolution: pass training-resolution images (S_train x S_train).
-
-    Returns {"edge": G_S (B, H, W, 1), "mask_edge", "mask_flat": (B, H, W, 1) bool (quantiles
-    `edge_quantile` / `flat_quantile` of G_S per image), "regions": (B, num_regions, H, W) bool (paper's P_n),
-    "depth": D_S (B, H, W, 1), the refined depth of the last step}. `num_regions=0` gives an empty
-    (B, 0, H, W) "regions"; `masks=False` returns only "edge" and "depth" (for callers that build their own
-    masks). Pure and jittable (the adaptive levels are computed in-graph; `resolution="fixed"` skips the
-    candidate predictions); vmappable over a batch.
-    """
-    steps = check_schedule(schedule)
-    size, gs = _check_common(
-        image, size, blend, resolution, global_sizes, base_resolution, max_resolution, "edge_labels"
-    )
-    if bilateral is not None:
-        try:
-            bilateral = (int(bilateral[0]), float(bilateral[1]), float(bilateral[2]))
-        except (TypeError, ValueError, IndexError):
-            raise UserError(
-                "edge_labels: bilateral must be (radius, sigma_space, sigma_range) or None, "
-                f"got {bilateral!r}"
-            ) from None
-    pred_dynamic, pred_static = _partition(predictor)
-    if int(num_regions) < 0:
-        raise UserError(f"edge_labels: num_regions must be >= 0, got {num_regions}")
-    mask_cfg = None
-    if masks:
-        mask_cfg = (float(edge_quantile), float(flat_quantile), int(num_regions), float(top_fraction),
-                    int(region_margin), int(region_iterations))
-    return _edge_labels_jit(
-        params, jnp.asarray(image, jnp.float32), pred_dynamic, pred_static=pred_static, steps=steps,
-        size=size, global_sizes=gs, refiner_fn=refiner_fn, blend=blend,
-        resolution_cfg=(int(base_resolution), int(max_resolution), resolution == "fixed"),
-        bilateral=bilateral,
-        mask_cfg=mask_cfg,
-    )
-
-
 __all__ = [
     "GLOBAL_SIZES",
     "RESOLUTIONS",
-    "RefinerFn",
+    "RefinerCallable",
     "official_refiner",
     "refine_two_stage",
-    "edge_labels",
+    "partition_predictor",
+    "combine_predictor",
+    "crop_window",
+    "global_pass",
+    "refine_windows",
+    "two_stage_step",
+    "check_common",
 ]

@@ -1,4 +1,4 @@
-"""One-stage inference with the official demo's preprocessing (spec 5.1).
+"""One-stage inference with the official demo's preprocessing (docs/method.md §5.1).
 
     low, high (any sizes) --R_nearest_torch--> S x S --min-max each map--> Refiner --> refined (S x S)
     --OpenCV INTER_LINEAR--> (H, W)
@@ -13,18 +13,17 @@ map normalises to all zeros (x - min = 0 divided by 1), so a constant input neve
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sddr_jax.errors import UserError
-from sddr_jax.models import Refiner
-from sddr_jax.models.refiner import SIZE_MULTIPLE
-from sddr_jax.ops import nearest_indices
+from sddr_jax.models.refiner import SIZE_MULTIPLE, build_refiner, check_params, model_config_dict
+from sddr_jax.ops import minmax_normalize, resize_linear_host, resize_nearest_host
 
 Array = jax.Array
 DEFAULT_SIZE = 2048
@@ -42,26 +41,45 @@ def check_size(size: Any, name: str = "size") -> int:
     return size
 
 
-def minmax_normalize(x: Array, axis: Sequence[int] = (-3, -2, -1)) -> Array:
-    """(x - min) / (max - min) over `axis` (default: each map of a (B, H, W, C) batch), jittable.
-
-    A constant map (max == min) maps to zeros instead of NaN.
-    """
-    lo = jnp.min(x, axis=tuple(axis), keepdims=True)
-    hi = jnp.max(x, axis=tuple(axis), keepdims=True)
-    rng = hi - lo
-    return (x - lo) / jnp.where(rng > 0, rng, jnp.ones_like(rng))
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "normalize"))
-def refiner_inference(params: Mapping, low: Array, high: Array, dtype: Any = None, normalize: bool = True):
-    """Jitted refiner call on (B, S, S, 1) maps; min-max normalises each map first (official `inference`).
-
-    Returns the full `RefinerOutput`. `dtype` is the compute dtype (None = float32, or jnp.bfloat16).
-    """
+@functools.partial(jax.jit, static_argnames=("dtype", "normalize", "model_items"))
+def _refiner_inference(params, low, high, *, dtype, normalize, model_items):
     if normalize:
         low, high = minmax_normalize(low), minmax_normalize(high)
-    return Refiner(dtype=dtype).apply({"params": params}, low, high, train=False)
+    return build_refiner(dict(model_items), dtype=dtype).apply({"params": params}, low, high, train=False)
+
+
+def refiner_inference(params: Mapping, low: Array, high: Array, dtype: Any = None, normalize: bool = True,
+                      model_config: Any = None):
+    """Jitted refiner call on (B, S, S, 1) maps; min-max normalises each map first (official `inference`).
+
+    Returns the full `RefinerOutput`. `dtype` is the compute dtype (None = the model config's, float32 by
+    default; or jnp.bfloat16). `model_config`: the refiner's model config (None = the official b0 refiner).
+    """
+    items = tuple(sorted(model_config_dict(model_config).items()))
+    return _refiner_inference(params, low, high, dtype=dtype, normalize=bool(normalize), model_items=items)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerFn:
+    """`refiner_fn(params, low, high) -> refined (N, S, S, 1)` for the refiner of a model config.
+
+    Hashable (a static argument of the jitted coarse-to-fine pipelines); inputs are min-max normalised
+    per map as at inference. `RefinerFn.from_config(cfg)` builds it from any model config.
+    """
+
+    backbone: str = "b0"
+    cross_iterations: int = 8
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, model_config: Any = None) -> "RefinerFn":
+        return cls(**model_config_dict(model_config))
+
+    def __call__(self, params, low, high):
+        model = build_refiner(dataclasses.asdict(self))
+        out = model.apply({"params": unwrap_params(params)}, minmax_normalize(low), minmax_normalize(high),
+                          train=False)
+        return out.refined
 
 
 def _as_batch(x: Any, name: str) -> tuple[np.ndarray, int]:
@@ -86,23 +104,6 @@ def _as_batch(x: Any, name: str) -> tuple[np.ndarray, int]:
     return a, rank
 
 
-def resize_nearest_host(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """R_nearest_torch on the host for (..., H, W, C) numpy arrays (== OpenCV INTER_NEAREST; exact gather)."""
-    h, w = x.shape[-3], x.shape[-2]
-    x = np.take(x, nearest_indices(h, out_hw[0]), axis=x.ndim - 3)
-    return np.take(x, nearest_indices(w, out_hw[1]), axis=x.ndim - 2)
-
-
-def resize_linear_host(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """R_cv_linear: OpenCV INTER_LINEAR of every map of a (B, H, W, 1) float32 array to out_hw = (H', W')."""
-    oh, ow = int(out_hw[0]), int(out_hw[1])
-    out = np.empty((x.shape[0], oh, ow, 1), np.float32)
-    for i in range(x.shape[0]):
-        out[i, :, :, 0] = cv2.resize(np.ascontiguousarray(x[i, :, :, 0], np.float32), (ow, oh),
-                                     interpolation=cv2.INTER_LINEAR)
-    return out
-
-
 def unwrap_params(params: Mapping) -> Mapping:
     """Accept either {'params': tree} or the tree itself."""
     if isinstance(params, Mapping) and set(params.keys()) == {"params"}:
@@ -119,8 +120,9 @@ def refine_one_stage(
     out_hw: tuple[int, int] | None = None,
     dtype: Any = None,
     batch_size: int = 1,
+    model_config: Any = None,
 ) -> np.ndarray:
-    """Refine a low/high pair the way the official demo does (spec 5.1); returns the float refined map.
+    """Refine a low/high pair the way the official demo does (docs/method.md §5.1); returns the float refined map.
 
     low, high: (H, W), (H, W, 1) or (B, H, W, 1) arrays (the two may have different H, W; B must match).
     size: working size S, a multiple of 128 (2048 in the official demo).
@@ -128,6 +130,8 @@ def refine_one_stage(
     dtype: compute dtype of the refiner (None = float32; jnp.bfloat16 for speed).
     batch_size: maps per refiner call. The last chunk is padded to `batch_size`, so any number of maps
     costs one compilation; 1 (the default) also bounds memory at S = 2048.
+    model_config: the refiner's model config (None = the official b0 refiner; a training checkpoint
+    carries its own, see `sddr_jax.params.load_refiner`).
     Returns float32 with the rank of `high`: (H', W'), (H', W', 1) or (B, H', W', 1); not quantised.
     """
     size = check_size(size)
@@ -149,6 +153,7 @@ def refine_one_stage(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     params = unwrap_params(params)
+    check_params(params, model_config, where="refine_one_stage params")
     n = low_b.shape[0]
     chunks = []
     for start in range(0, n, batch_size):
@@ -157,7 +162,8 @@ def refine_one_stage(
         take = np.r_[np.arange(start, stop), np.full(pad, stop - 1, np.int64)]
         low_s = resize_nearest_host(low_b[take], (size, size))
         high_s = resize_nearest_host(high_b[take], (size, size))
-        out = refiner_inference(params, jnp.asarray(low_s), jnp.asarray(high_s), dtype=dtype)
+        out = refiner_inference(params, jnp.asarray(low_s), jnp.asarray(high_s), dtype=dtype,
+                               model_config=model_config)
         chunks.append(np.asarray(out.refined, np.float32)[: stop - start])
     result = resize_linear_host(np.concatenate(chunks, 0), out_hw)
     if rank == 2:
@@ -170,16 +176,9 @@ def refine_one_stage(
 __all__ = [
     "DEFAULT_SIZE",
     "check_size",
-    "minmax_normalize",
     "refiner_inference",
+    "RefinerFn",
     "refine_one_stage",
-    "resize_linear_host",
-    "resize_nearest_host",
     "unwrap_params",
 ]
 
-# Coarse-to-fine two-stage inference (spec 5.2) lives beside the window functions; re-exported here so that
-# both inference pipelines are `sddr_jax.refine.*`. coarse_to_fine imports this module lazily (no cycle).
-from sddr_jax.coarse_to_fine import refine_two_stage  # noqa: E402
-
-__all__.append("refine_two_stage")

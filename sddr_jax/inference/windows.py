@@ -1,17 +1,17 @@
-"""Coarse-to-fine windows: grid, feather mask, adaptive resolution, alignment, blending (spec 5.2-5.5).
+"""Coarse-to-fine windows: grid, feather mask, adaptive resolution, alignment, blending (docs/method.md §5.2-5.5).
 
 The pure pieces of the official two-stage "patch fusion" code, each usable on its own:
 
-* `window_grid` - the official overlapping window grid with its quirks (spec 5.3);
-* `feather_mask` - the Gaussian feather mask used to merge a window into the full map (spec 5.4);
+* `window_grid` - the official overlapping window grid with its quirks (docs/method.md §5.3);
+* `feather_mask` - the Gaussian feather mask used to merge a window into the full map (docs/method.md §5.4);
 * `resolution_factors` / `resolution_factors_host` and `adaptive_resolution` - the official three-level
-  adaptive predictor resolution (spec 5.2 b-c); `paper_resolution` - the paper's equation (spec 5.5);
+  adaptive predictor resolution (docs/method.md §5.2 b-c); `paper_resolution` - the paper's equation (docs/method.md §5.5);
 * `align_scale_shift` - least-squares scale and shift (the official `compute_scale_and_shift`);
 * `resize_cv` - OpenCV INTER_LINEAR / INTER_CUBIC resizing in matrix form, usable inside jit;
 * `blend_windows` - the official sequential feather blend, or an order-independent feather average.
 
-The pipelines built from them - `refine_two_stage` and the pseudo-label generator `edge_labels` (spec 6) -
-live in `sddr_jax.coarse_to_fine`; `edge_labels` is also importable from here (the module map names it
+The pipelines built from them - `refine_two_stage` and the pseudo-label generator `edge_labels` (docs/method.md §6) -
+live in `sddr_jax.inference.two_stage`; `edge_labels` is also importable from here (the module map names it
 `windows.edge_labels`).
 
 Host-side tables (the grid, the masks, the resize matrices) are plain numpy computed once per shape and
@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sddr_jax.edges import sobel_abs
 from sddr_jax.errors import UserError
 
 Array = jax.Array
 
-# The official code's schedule (spec 5.2 step 3) and the paper-like one with a 4x4 step (0.25 is our choice).
+# The official code's schedule (docs/method.md §5.2 step 3) and the paper-like one with a 4x4 step (0.25 is our choice).
 OFFICIAL_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.25))
 PAPER_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.25), (4, 0.25))
 
@@ -43,7 +44,7 @@ BASE_RESOLUTION = 448  # r-hat: the base predictor's training resolution (LeReS)
 MAX_RESOLUTION = 2048  # the official GPU_threshold cap on a predictor resolution
 EDGE_PERCENTILE = 94.0  # pixels above this percentile of |Sobel| count as edges for the density g_w
 
-# Feather mask constants (spec 5.4; the official generatemask((3000, 3000))).
+# Feather mask constants (docs/method.md §5.4; the official generatemask((3000, 3000))).
 _FEATHER_SIZE = 3000
 _FEATHER_BORDER = int(0.15 * _FEATHER_SIZE)  # 450
 _FEATHER_SIGMA = int(_FEATHER_SIZE / 16)  # 187
@@ -53,7 +54,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------------------
-# the window grid (spec 5.3)
+# the window grid (docs/method.md §5.3)
 
 
 class Window(NamedTuple):
@@ -94,7 +95,7 @@ def check_schedule(schedule: Any) -> tuple[tuple[int, float], ...]:
 
 @functools.lru_cache(maxsize=256)
 def window_grid(height: int, width: int, pieces: int, cover: float) -> tuple[Window, ...]:
-    """The official overlapping window grid for (P = pieces, c = cover) on an H x W image (spec 5.3).
+    """The official overlapping window grid for (P = pieces, c = cover) on an H x W image (docs/method.md §5.3).
 
     Window size ph = int(H / (P - (P-1) c)) + 1 (likewise pw), overlap oh = int(ph c); `rows` x `cols`
     regular windows, one extra window per row flush with [W - pw - 1, W - 1), then a bottom row flush with
@@ -133,11 +134,11 @@ def window_grid(height: int, width: int, pieces: int, cover: float) -> tuple[Win
 
 
 # ----------------------------------------------------------------------------------------------------
-# feather mask (spec 5.4)
+# feather mask (docs/method.md §5.4)
 
 
 @functools.lru_cache(maxsize=1)
-def _feather_base() -> np.ndarray:
+def feather_base() -> np.ndarray:
     # The 3000 x 3000 blur with a 749 kernel costs ~3 s on one core: computed once per process, lazily.
     mask = np.zeros((_FEATHER_SIZE, _FEATHER_SIZE), np.float32)
     lo, hi = _FEATHER_BORDER, _FEATHER_SIZE - _FEATHER_BORDER
@@ -150,7 +151,7 @@ def _feather_base() -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def feather_mask(height: int, width: int) -> np.ndarray:
-    """The official feather mask (spec 5.4) resized to height x width with OpenCV INTER_LINEAR.
+    """The official feather mask (docs/method.md §5.4) resized to height x width with OpenCV INTER_LINEAR.
 
     A 3000 x 3000 image with ones on [450, 2550)^2, Gaussian-blurred (749 x 749, sigma 187, OpenCV default
     border), min-max normalised; then resized. Returns a read-only float32 (height, width) array, cached.
@@ -158,112 +159,14 @@ def feather_mask(height: int, width: int) -> np.ndarray:
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise UserError(f"feather_mask: height and width must be >= 1, got {height}x{width}")
-    out = cv2.resize(_feather_base(), (width, height), interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(feather_base(), (width, height), interpolation=cv2.INTER_LINEAR)
     out = np.ascontiguousarray(out, np.float32)
     out.setflags(write=False)
     return out
 
 
 # ----------------------------------------------------------------------------------------------------
-# OpenCV resizes in matrix form (in-graph R_cv_linear / R_cv_cubic)
-
-_CV_FLAGS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
-
-
-@functools.lru_cache(maxsize=512)
-def cv_resize_matrix(in_size: int, out_size: int, interpolation: str = "cubic") -> np.ndarray:
-    """The (out, in) matrix of OpenCV's 1-D resampling rule (`cv2.resize` along one axis).
-
-    OpenCV's float resize is linear and separable, so resizing the identity along one axis yields the
-    exact matrix (half-pixel centres, replicated borders, A = -0.75 for cubic) without re-deriving the
-    rule; applying it on both axes reproduces `cv2.resize` up to float32 rounding.
-    """
-    if interpolation not in _CV_FLAGS:
-        raise UserError(
-            f"cv_resize_matrix: interpolation must be one of {sorted(_CV_FLAGS)}, got {interpolation!r}"
-        )
-    in_size, out_size = int(in_size), int(out_size)
-    if in_size < 1 or out_size < 1:
-        raise UserError(f"cv_resize_matrix: sizes must be >= 1, got {in_size} -> {out_size}")
-    eye = np.eye(in_size, dtype=np.float32)
-    m = cv2.resize(eye, (in_size, out_size), interpolation=_CV_FLAGS[interpolation])
-    m = np.ascontiguousarray(m.reshape(out_size, in_size), np.float32)
-    m.setflags(write=False)
-    return m
-
-
-@functools.lru_cache(maxsize=512)
-def cv_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source indices of OpenCV INTER_NEAREST along one axis (read off `cv2.resize` of an index ramp).
-
-    OpenCV computes floor(dst * in/out) in double precision, PyTorch in float32 (`ops.nearest_indices`):
-    they agree for the power-of-two refiner sizes but can differ by one pixel for other size pairs.
-    """
-    in_size, out_size = int(in_size), int(out_size)
-    if in_size < 1 or out_size < 1:
-        raise UserError(f"cv_nearest_indices: sizes must be >= 1, got {in_size} -> {out_size}")
-    ramp = np.arange(in_size, dtype=np.float32)[None, :]  # exact integers up to 2^24
-    idx = cv2.resize(ramp, (out_size, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int32)
-    idx.setflags(write=False)
-    return idx
-
-
-def resize_cv(x: Array, out_hw: Sequence[int], interpolation: str = "cubic", method: str = "taps") -> Array:
-    """OpenCV-rule resize (R_cv_linear / R_cv_cubic / INTER_NEAREST, spec 2.4) of axes (-3, -2) of NHWC.
-
-    linear / cubic, width then height as OpenCV, with the rows of `cv_resize_matrix`: method "taps" applies
-    each row's few non-zero weights as gathers (default, cheap), "matrix" as matmuls at HIGHEST precision.
-    nearest: two gathers (exact). `out_hw` = (height, width) must be static. Jittable and vmappable.
-    """
-    if x.ndim < 3:
-        raise UserError(f"resize_cv: expected an array (..., H, W, C), got shape {tuple(x.shape)}")
-    oh, ow = (int(v) for v in out_hw)
-    h, w = x.shape[-3], x.shape[-2]
-    if interpolation == "nearest":
-        if ow != w:
-            x = jnp.take(x, jnp.asarray(cv_nearest_indices(w, ow)), axis=x.ndim - 2)
-        if oh != h:
-            x = jnp.take(x, jnp.asarray(cv_nearest_indices(h, oh)), axis=x.ndim - 3)
-        return x
-    if method not in ("taps", "matrix"):
-        raise UserError(f"resize_cv: method must be 'taps' or 'matrix', got {method!r}")
-    for axis, n_in, n_out in ((x.ndim - 2, w, ow), (x.ndim - 3, h, oh)):
-        if n_in == n_out:
-            continue
-        if method == "matrix":
-            m = jnp.asarray(cv_resize_matrix(n_in, n_out, interpolation), x.dtype)
-            y = jnp.tensordot(m, jnp.moveaxis(x, axis, 0), axes=(1, 0), precision=_HIGHEST)
-            x = jnp.moveaxis(y, 0, axis)
-        else:
-            idx, wts = _cv_taps(n_in, n_out, interpolation)
-            shape = [1] * x.ndim
-            shape[axis] = n_out
-            terms = [
-                jnp.asarray(wts[:, k], x.dtype).reshape(shape)
-                * jnp.take(x, jnp.asarray(idx[:, k]), axis=axis)
-                for k in range(idx.shape[1])
-            ]
-            x = functools.reduce(lambda a, b: a + b, terms)
-    return x
-
-
-@functools.lru_cache(maxsize=512)
-def _cv_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
-    # The few non-zeros of each row of the resampling matrix as (index, weight) taps: O(taps) per output
-    # sample instead of O(in) for the matmul (the windows are resized from S = 1024).
-    m = cv_resize_matrix(in_size, out_size, interpolation)
-    k = max(1, int((m != 0).sum(axis=1).max()))
-    idx = np.zeros((out_size, k), np.int32)
-    wts = np.zeros((out_size, k), np.float32)
-    for i in range(out_size):
-        nz = np.flatnonzero(m[i])
-        idx[i, : nz.size] = nz
-        wts[i, : nz.size] = m[i, nz]
-    return idx, wts
-
-
-# ----------------------------------------------------------------------------------------------------
-# adaptive predictor resolution (spec 5.2 b-c, 5.5)
+# adaptive predictor resolution (docs/method.md §5.2 b-c, §5.5)
 
 
 def adaptive_resolution(
@@ -331,20 +234,6 @@ def resolution_factors_host(
     return np.asarray(_factor_index(density, mean, np), np.int32)
 
 
-def _sobel_reflect101(x: Array) -> Array:
-    """|Sobel_y| + |Sobel_x| of (..., H, W) with OpenCV's default reflect-101 border (float32)."""
-    pad = [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)]
-    p = jnp.pad(x, pad, mode="reflect")
-    h, w = x.shape[-2], x.shape[-1]
-
-    def s(dy: int, dx: int) -> Array:
-        return p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-
-    gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
-    gx = (s(-1, 1) + 2 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2 * s(0, -1) + s(1, -1))
-    return jnp.abs(gy) + jnp.abs(gx)
-
-
 def resolution_factors(
     depth: Array, windows: Sequence[Window], percentile: float = EDGE_PERCENTILE
 ) -> Array:
@@ -355,7 +244,7 @@ def resolution_factors(
     """
     if depth.ndim != 4 or depth.shape[-1] != 1:
         raise UserError(f"resolution_factors: expected depth (B, H, W, 1), got shape {tuple(depth.shape)}")
-    grad = _sobel_reflect101(depth[..., 0].astype(jnp.float32))
+    grad = sobel_abs(depth[..., 0].astype(jnp.float32), border="reflect101")
     b = grad.shape[0]
     thr = jnp.percentile(grad.reshape(b, -1), percentile, axis=-1)
     edges = (grad > thr[:, None, None]).astype(jnp.float32)
@@ -374,7 +263,7 @@ def paper_resolution(
     max_resolution: int = MAX_RESOLUTION,
     multiple: int = 32,
 ) -> int:
-    """The paper's adaptive resolution (spec 5.5), rounded up to a multiple of 32 and capped (host).
+    """The paper's adaptive resolution (docs/method.md §5.5), rounded up to a multiple of 32 and capped (host).
 
     h_w = mean(r, r_w) * (mean|grad N_d(L_w)| / alpha) * (mean|grad D_w,prev| / mean|grad D_prev|), with
     r_w = max(h, w) the window's own resolution, `low_grad_mean` = mean|grad| of the normalised low-resolution
@@ -392,40 +281,7 @@ def paper_resolution(
 
 
 # ----------------------------------------------------------------------------------------------------
-# least-squares alignment and blending
-
-
-def align_scale_shift(pred: Array, target: Array, mask: Array | None = None) -> tuple[Array, Array]:
-    """Least-squares (scale, shift) minimising sum m (a * pred + b - target)^2 over the last three axes.
-
-    The official `compute_scale_and_shift` (MiDaS). Leading axes are batch axes; returns two arrays of
-    the leading shape. Solved in centred form (same minimiser, better conditioned in float32 than the
-    normal equations); where the masked prediction has no variance the official code returns (0, 0),
-    and so do we.
-    """
-    if pred.shape != target.shape:
-        raise UserError(
-            f"align_scale_shift: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
-        )
-    m = jnp.ones_like(pred) if mask is None else jnp.broadcast_to(mask, pred.shape).astype(pred.dtype)
-    axes = (-3, -2, -1)
-    n = m.sum(axis=axes)
-    safe_n = jnp.maximum(n, 1.0)
-    mp = (m * pred).sum(axis=axes) / safe_n
-    mt = (m * target).sum(axis=axes) / safe_n
-    dp = (pred - mp[..., None, None, None]) * m
-    dt = (target - mt[..., None, None, None]) * m
-    var = (dp * dp).sum(axis=axes)
-    cov = (dp * dt).sum(axis=axes)
-    valid = (var > 0) & (n > 0)
-    scale = jnp.where(valid, cov / jnp.where(valid, var, 1.0), 0.0)
-    shift = jnp.where(valid, mt - scale * mp, 0.0)
-    return scale, shift
-
-
-def apply_scale_shift(x: Array, scale: Array, shift: Array) -> Array:
-    """a * x + b with (a, b) of the leading shape of x (..., H, W, C)."""
-    return scale[..., None, None, None] * x + shift[..., None, None, None]
+# blending
 
 
 BLENDS = ("official", "average")
@@ -438,7 +294,7 @@ def blend_windows(
     masks: Sequence[Any] | None = None,
     mode: str = "official",
 ) -> Array:
-    """Merge window patches (B, h_n, w_n, C) into canvas (B, H, W, C) with feather masks (spec 5.2 d).
+    """Merge window patches (B, h_n, w_n, C) into canvas (B, H, W, C) with feather masks (docs/method.md §5.2 d).
 
     mode "official": in window order, U[w] <- U[w] (1 - M) + A M, so later windows win in overlaps.
     mode "average": order-independent feather-weighted mean: with T = sum_n M_n and A = sum_n M_n A_n / T,
@@ -471,44 +327,6 @@ def blend_windows(
     return canvas * (1 - cover) + mean * cover
 
 
-def bilateral_filter(x: Array, radius: int, sigma_space: float, sigma_range: float) -> Array:
-    """Edge-preserving bilateral filter of (..., H, W, C) maps (spec 6 step 1; parameters are ours).
-
-    Weights exp(-d^2 / (2 sigma_space^2)) * exp(-(x_q - x_p)^2 / (2 sigma_range^2)) over a
-    (2 radius + 1)^2 window with replicated borders. Jittable; cost O(radius^2) shifted copies.
-    """
-    radius = int(radius)
-    if radius < 1 or not sigma_space > 0 or not sigma_range > 0:
-        raise UserError(
-            "bilateral_filter: need radius >= 1 and positive sigmas, "
-            f"got {(radius, sigma_space, sigma_range)}"
-        )
-    pad = [(0, 0)] * (x.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
-    p = jnp.pad(x, pad, mode="edge")
-    h, w = x.shape[-3], x.shape[-2]
-    num = jnp.zeros_like(x)
-    den = jnp.zeros_like(x)
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            q = p[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w, :]
-            wt = math.exp(-(dy * dy + dx * dx) / (2 * sigma_space**2)) * jnp.exp(
-                -jnp.square(q - x) / (2 * sigma_range**2)
-            )
-            num = num + wt * q
-            den = den + wt
-    return num / den
-
-
-def __getattr__(name: str) -> Any:
-    # `windows.edge_labels` (the module map's name) lives with the other pipeline in coarse_to_fine;
-    # resolved lazily because coarse_to_fine imports this module.
-    if name == "edge_labels":
-        from sddr_jax.coarse_to_fine import edge_labels
-
-        return edge_labels
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "OFFICIAL_SCHEDULE",
     "PAPER_SCHEDULE",
@@ -521,17 +339,11 @@ __all__ = [
     "check_schedule",
     "window_grid",
     "feather_mask",
-    "cv_resize_matrix",
-    "cv_nearest_indices",
-    "resize_cv",
+    "feather_base",
     "adaptive_resolution",
     "candidate_resolutions",
     "resolution_factors_host",
     "resolution_factors",
     "paper_resolution",
-    "align_scale_shift",
-    "apply_scale_shift",
     "blend_windows",
-    "bilateral_filter",
-    "edge_labels",
 ]

@@ -1,4 +1,4 @@
-"""Shared pieces of the sddr-jax TFDS builders (spec 9.2, 9.3, 10): features, file readers, the base builder.
+"""Shared pieces of the sddr-jax TFDS builders (docs/method.md §9.2, §9.3, §10): features, file readers, the base builder.
 
 Every builder writes ArrayRecord files with the same features, chosen so that neither writing nor reading
 needs TensorFlow (tfds' `Image` feature does):
@@ -24,12 +24,13 @@ import struct
 import sys
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sddr_jax import io
 from sddr_jax.errors import UserError
 
 log = logging.getLogger("sddr_jax.datasets")
@@ -124,68 +125,13 @@ def read_npy(path) -> np.ndarray:
 
 
 def read_pfm(path, return_scale: bool = False):
-    """A PFM file as float32 (H, W) or (H, W, 3), top row first (PFM stores rows bottom-up).
-
-    With `return_scale`, returns `(array, abs(scale))`, the scale factor of the header (its sign is the
-    byte order).
-    """
-    path = _require(path)
-    with open(path, "rb") as f:
-        header = f.readline().strip()
-        if header not in (b"Pf", b"PF"):
-            raise UserError(f"{path}: not a PFM file (header {header[:8]!r}, expected b'Pf' or b'PF')")
-        channels = 1 if header == b"Pf" else 3
-        dims = f.readline().decode("ascii", "replace").split()
-        while len(dims) < 2:  # width and height may be split over lines
-            dims += f.readline().decode("ascii", "replace").split()
-        try:
-            width, height = int(dims[0]), int(dims[1])
-            scale = float(f.readline().strip())
-        except ValueError:
-            raise UserError(f"{path}: malformed PFM header") from None
-        endian = "<" if scale < 0 else ">"
-        data = np.frombuffer(f.read(), dtype=endian + "f4")
-    expected = width * height * channels
-    if data.size != expected:
-        raise UserError(f"{path}: PFM data has {data.size} values, expected {width}x{height}x{channels}")
-    shape = (height, width, 3) if channels == 3 else (height, width)
-    arr = np.flipud(data.reshape(shape)).astype(np.float32)
-    return (arr, abs(scale)) if return_scale else arr
-
-
-def write_pfm(path, array: np.ndarray) -> None:
-    """Write a float32 (H, W) PFM (little endian, scale -1), bottom row first. Used by tests and tools."""
-    arr = np.asarray(array, np.float32)
-    if arr.ndim != 2:
-        raise UserError(f"write_pfm: expected an (H, W) array, got shape {arr.shape}")
-    with open(path, "wb") as f:
-        f.write(b"Pf\n%d %d\n-1.0\n" % (arr.shape[1], arr.shape[0]))
-        f.write(np.flipud(arr).astype("<f4").tobytes())
+    """A PFM file as float32 (H, W) or (H, W, 3) (`sddr_jax.io.read_pfm` with either channel count)."""
+    return io.read_pfm(_require(path), channels=None, return_scale=return_scale)
 
 
 def read_middlebury_calib(path) -> dict[str, Any]:
-    """calib.txt of the Middlebury 2021 scenes: cam0/cam1 as 3x3 matrices, the rest as floats."""
-    path = _require(path)
-    out: dict[str, Any] = {}
-    for line in path.read_text().splitlines():
-        if "=" not in line:
-            continue
-        key, value = (s.strip() for s in line.split("=", 1))
-        if key.startswith("cam"):
-            rows = value.strip("[]").split(";")
-            try:
-                out[key] = np.array([[float(v) for v in r.split()] for r in rows], np.float64)
-            except ValueError:
-                raise UserError(f"{path}: malformed {key} matrix {value!r}") from None
-        else:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    for key in ("cam0", "baseline", "doffs"):
-        if key not in out:
-            raise UserError(f"{path}: missing '{key}' (expected Middlebury calib.txt with cam0, doffs, baseline)")
-    return out
+    """calib.txt of the Middlebury scenes: cam0/cam1 as 3x3 matrices, the rest as floats."""
+    return io.read_middlebury_calib(_require(path), parse_values=True)
 
 
 # --- a small OpenEXR reader (scanline images, NO/ZIPS/ZIP compression, HALF/FLOAT/UINT channels) -----------

@@ -1,8 +1,8 @@
-"""Names of the sddr-jax TFDS datasets -> their builder classes (spec 9.2, 9.3, 10).
+"""Names of the sddr-jax TFDS datasets -> their builder classes (docs/method.md §9.2, §9.3, §10).
 
 Builders live in the top-level folder `datasets/<name>/` (installed as `sddr_jax_datasets.<name>`) and are
 imported only when asked for, so listing them costs nothing. Used by `sddr-jax datasets` and by
-`sddr_jax.input_pipeline`.
+`sddr_jax.data.pipeline`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Procedural RGB-D scenes (numpy, seeded): the embedded data set that exercises every part of sddr-jax.
 
-No spec section: the paper trains on real data (spec 10) that these machines cannot download. A scene is a
+No spec section: the paper trains on real data (docs/method.md §10) that these machines cannot download. A scene is a
 2.5-D layered world rendered with a z-buffer: a tilted background plane (floor + wall), tilted planar
 polygons, boxes (three visible faces with different normals and shading), discs (spherical caps), and thin
 structures (poles, sagging wires, branching twigs) one to a few pixels wide. Surfaces carry textures

@@ -41,7 +41,7 @@ COMPAT_KEYS: tuple[str, ...] = (
     "train.ema_decay",
 )
 
-STATE, TEACHER, DATA, CONFIG = "state", "teacher", "data", "config"
+from sddr_jax.checkpoints import CONFIG, DATA, STATE, TEACHER  # the layout that inference reads
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -313,30 +313,3 @@ class Checkpointer:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
         return {"step": int(step), "state": restored[STATE], "config": restored[CONFIG],
                 "teacher": restored[TEACHER] if TEACHER in items else None}
-
-
-def load_params(path: str | os.PathLike, *, best: bool = False, step: int | None = None) -> tuple[Any, int]:
-    """Loads only the params of a training checkpoint: `path` is a workdir or its `checkpoints`/`best` folder.
-
-    Returns (params, step) as numpy arrays without needing the run's config.
-    """
-    path = pathlib.Path(path).absolute()
-    if (path / ("best" if best else "checkpoints")).is_dir():
-        path = path / ("best" if best else "checkpoints")
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers=_handlers()) as manager:
-        if step is None:
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {path}")
-        meta = manager.item_metadata(step)[STATE]
-        tree = getattr(meta, "tree", meta)
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"],
-                              is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
-            partial_restore=True)}))
-    return restored[STATE]["params"], int(step)

@@ -1,4 +1,4 @@
-"""Metrics and evaluation protocols (spec 9): depth accuracy, aggregation, ORD/D3R, ORD_rank, boundary F1,
+"""Metrics and evaluation protocols (docs/method.md §9): depth accuracy, aggregation, ORD/D3R, ORD_rank, boundary F1,
 Middlebury GT.
 
 * `depth_metrics` (jittable jnp, per image; `depth_metrics_batch` beside it): least-squares (or median)
@@ -6,9 +6,9 @@ Middlebury GT.
   script.
 * `aggregate`: the official script's dataset mean (per-image values that are NaN or <= 0 are skipped).
 * `boost_edge_metrics` / `d3r` / `ord_boost`: Boost's superpixel protocol with scikit-image SLIC (host numpy).
-* `ord_ranking`: SDDR's Eq. 13 on edge-guided point pairs (the ranking loss of spec 8.4 with a fixed seed).
+* `ord_ranking`: SDDR's Eq. 13 on edge-guided point pairs (the ranking loss of docs/method.md §8.4 with a fixed seed).
 * `boundary_f1`: Depth Pro's scale-invariant boundary F1 (host numpy).
-* `middlebury_gt_depth`, `parse_middlebury_calib`, `read_middlebury_calib`, `middlebury_metrics`: the official
+* `middlebury_gt_depth`, `middlebury_metrics` (calib files: `io.read_middlebury_calib`): the official
   Middlebury2021 ground truth (with its uint8 cast as the `legacy_uint8_gt` switch).
 
 Empty valid masks give NaN metrics, which `aggregate` skips.
@@ -16,7 +16,6 @@ Empty valid masks give NaN metrics, which `aggregate` skips.
 from __future__ import annotations
 
 import math
-import os
 from typing import Iterable, Mapping
 
 import cv2
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sddr_jax.errors import UserError
+from sddr_jax.ops import align_scale_shift
 
 Array = jax.Array
 
@@ -34,7 +34,7 @@ SPACES = ("depth", "disparity")
 
 
 # ----------------------------------------------------------------------------------------------------
-# depth accuracy (spec 9.1)
+# depth accuracy (docs/method.md §9.1)
 
 
 def _check_pair(pred, gt, valid, name: str):
@@ -52,19 +52,6 @@ def _check_pair(pred, gt, valid, name: str):
     return pred, gt, valid.astype(bool)
 
 
-def _lsq_fit(x: Array, y: Array, m: Array) -> tuple[Array, Array]:
-    """Scale a, shift b minimising sum_m (a x + b - y)^2 (np.polyfit deg 1), centred for float32 accuracy."""
-    mf = m.astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(mf), 1.0)
-    mx = jnp.sum(mf * x) / n
-    my = jnp.sum(mf * y) / n
-    xc = jnp.where(m, x - mx, 0.0)
-    yc = jnp.where(m, y - my, 0.0)
-    var = jnp.sum(xc * xc)
-    a = jnp.where(var > 0, jnp.sum(xc * yc) / jnp.where(var > 0, var, 1.0), 0.0)
-    return a, my - a * mx
-
-
 def _masked_median(x: Array, m: Array) -> Array:
     """Median of x over m (mean of the two middle values for even counts, as np.median); NaN if m is empty."""
     flat = jnp.where(m, x, jnp.inf).ravel()
@@ -76,7 +63,7 @@ def _masked_median(x: Array, m: Array) -> Array:
 
 
 def align_prediction(pred, gt, valid, align: str = "lsq", space: str = "depth") -> Array:
-    """The prediction aligned to gt on the valid pixels (spec 9.1), jittable.
+    """The prediction aligned to gt on the valid pixels (docs/method.md §9.1), jittable.
 
     `align`: "lsq" (least-squares scale and shift, the official script), "median" (scale only: median(target)
     / median(pred)) or "none". `space`: "depth" fits pred to gt and keeps the result unclipped; "disparity"
@@ -93,7 +80,7 @@ def align_prediction(pred, gt, valid, align: str = "lsq", space: str = "depth") 
     x = jnp.where(valid, pred, 0.0)
     y = jnp.where(valid, target, 0.0)
     if align == "lsq":
-        a, b = _lsq_fit(x, y, valid)
+        a, b = align_scale_shift(x, y, valid, axes=(-2, -1), degenerate="mean")
         out = a * pred + b
     elif align == "median":
         out = pred * (_masked_median(y, valid) / _masked_median(x, valid))
@@ -126,7 +113,7 @@ def _errors(p: Array, g: Array, m: Array) -> dict[str, Array]:
 
 
 def depth_metrics(pred, gt, valid=None, align: str = "lsq", space: str = "depth") -> dict[str, Array]:
-    """AbsRel, SqRel, RMSE, log10, delta1..3 of one image (2-D arrays) after alignment (spec 9.1). Jittable.
+    """AbsRel, SqRel, RMSE, log10, delta1..3 of one image (2-D arrays) after alignment (docs/method.md §9.1). Jittable.
 
     Valid pixels: `valid` (default all) and finite gt > 0 and finite pred; NaN/inf in gt never enter. The
     metrics use gt and the aligned prediction on those pixels (an aligned value <= 0 gives NaN log10 / delta
@@ -177,25 +164,7 @@ def aggregate(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Middlebury2021 ground truth (spec 9.2)
-
-
-def parse_middlebury_calib(text: str) -> dict[str, str]:
-    """`calib.txt` content -> {name: value string} (lines `name=value`)."""
-    calib: dict[str, str] = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            calib.setdefault(k.strip(), v.strip())
-    return calib
-
-
-def read_middlebury_calib(path: str | os.PathLike) -> dict[str, str]:
-    """Read a Middlebury `calib.txt` file (see `parse_middlebury_calib`)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Middlebury calib file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        return parse_middlebury_calib(f.read())
+# Middlebury2021 ground truth (docs/method.md §9.2)
 
 
 def _calib_numbers(calib: Mapping) -> tuple[float, float, float]:
@@ -221,7 +190,7 @@ def uint8_wrap(x) -> np.ndarray:
 
 def middlebury_gt_depth(disp, calib: Mapping, legacy_uint8_gt: bool = True, pfm_scale: float = 1.0,
                         flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Middlebury2021 GT depth = f_x * baseline / (disp / |scale| + doffs) and its valid mask (spec 9.2).
+    """Middlebury2021 GT depth = f_x * baseline / (disp / |scale| + doffs) and its valid mask (docs/method.md §9.2).
 
     `disp`: (H, W) disparity with the top image row first (pass `flip=True` for raw PFM order, bottom-up).
     `calib`: mapping with `cam0` (its first entry is f_x), `baseline`, `doffs` (strings as in calib.txt, or
@@ -251,7 +220,7 @@ def middlebury_gt_depth(disp, calib: Mapping, legacy_uint8_gt: bool = True, pfm_
 
 def middlebury_metrics(pred, disp, calib: Mapping, legacy_uint8_gt: bool = True, pred_is_disp: bool = False,
                        flip: bool = False) -> dict[str, float]:
-    """The official Middlebury2021 evaluation of one prediction (host; spec 9.2).
+    """The official Middlebury2021 evaluation of one prediction (host; docs/method.md §9.2).
 
     The prediction (any size) is resized to the GT size with OpenCV INTER_LINEAR, aligned by least squares to
     GT depth (or to 1/GT with `pred_is_disp`, then clipped at 0 and inverted), and scored with
@@ -321,7 +290,7 @@ def boundary_f1(pred, gt, valid=None, t_min: float = 1.05, t_max: float = 1.25,
 
 
 # ----------------------------------------------------------------------------------------------------
-# Boost's superpixel protocol: D3R and ORD_boost (spec 9.4)
+# Boost's superpixel protocol: D3R and ORD_boost (docs/method.md §9.4)
 
 _EPS = float(np.finfo(float).eps)  # MATLAB's eps
 
@@ -379,7 +348,7 @@ def superpixel_pairs(gt_disp_small: np.ndarray, n_segments: int = 5000, compactn
     return centres - 1, neighbours, random_rel
 
 
-def _d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pairs, freq_ratio: float,
+def d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pairs, freq_ratio: float,
                  ratio: float) -> tuple[int, int]:
     """Boost's `D3R` loop: (error, confidence); each pair visited once (i removed from j's list)."""
     gt = np.nan_to_num(gt, nan=0.0)
@@ -400,7 +369,7 @@ def _d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pai
 def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "disparity",
                        superpixel_scale: float = 1.0, n_segments: int = 5000, compactness: float = 0.1,
                        seed: int = 0, slic_zero: bool = True) -> dict[str, float]:
-    """D3R and ORD_boost of one image with Boost's protocol (host numpy + skimage SLIC; spec 9.4).
+    """D3R and ORD_boost of one image with Boost's protocol (host numpy + skimage SLIC; docs/method.md §9.4).
 
     GT: zeros/NaN invalid. With `gt_space="depth"` (Boost's depth branch): disp = 1/depth, divided by its max;
     with "disparity": the map itself. min_disp = its smallest valid value; GT disparity and GT depth (1/disp)
@@ -447,8 +416,8 @@ def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "dis
     c1 = centres + 1  # MATLAB 1-based, scaled back, then 0-based
     centres = np.stack([np.clip(np.round(c1[:, 0] / s).astype(np.int64) - 1, 0, h - 1),
                         np.clip(np.round(c1[:, 1] / s).astype(np.int64) - 1, 0, w - 1)], -1)
-    e1, n1 = _d3r_routine(gt_depth, est, centres, neighbours, 0.1, 0.01)
-    e2, n2 = _d3r_routine(gt_depth, est, centres, random_rel, 0.0, 0.03)
+    e1, n1 = d3r_routine(gt_depth, est, centres, neighbours, 0.1, 0.01)
+    e2, n2 = d3r_routine(gt_depth, est, centres, random_rel, 0.0, 0.03)
     return {"d3r": e1 / n1 if n1 else float("nan"), "ord_boost": e2 / n2 if n2 else float("nan"),
             "d3r_pairs": n1, "ord_pairs": n2}
 
@@ -464,12 +433,12 @@ def ord_boost(pred, gt, **kwargs) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# ORD_rank: SDDR's Eq. 13 (spec 9.4)
+# ORD_rank: SDDR's Eq. 13 (docs/method.md §9.4)
 
 
 def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 0.03,
                 align: str = "lsq") -> float:
-    """ORD_rank: the edge-guided ranking loss (spec 8.4) of the aligned prediction against GT, fixed seed.
+    """ORD_rank: the edge-guided ranking loss (docs/method.md §8.4) of the aligned prediction against GT, fixed seed.
 
     Normalisation (ours): pred is aligned to gt (`align_prediction(..., align, "depth")`), and both are
     divided by the median of the valid GT, so the value does not depend on GT units. Labels come from GT
@@ -504,7 +473,7 @@ def ord_ranking(pred, gt, valid=None, image=None, seed: int = 0, sigma: float = 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Everything of spec 9 for one image (used by `sddr-jax evaluate`, training's evaluation and the demo)
+# Everything of docs/method.md §9 for one image (used by `sddr-jax evaluate`, training's evaluation and the demo)
 
 
 def image_metrics(pred, gt, valid, *, rgb=None, edge_metrics: bool = True, ord_rank: bool = True,
@@ -512,8 +481,8 @@ def image_metrics(pred, gt, valid, *, rgb=None, edge_metrics: bool = True, ord_r
                   superpixel_scale: float = 1.0) -> dict[str, float]:
     """All metrics of one (H, W) prediction against (H, W) ground truth on `valid` pixels (host floats).
 
-    Depth metrics after alignment (`align`, `space`; spec 9.1). With `edge_metrics`: ORD_boost and D3R with
-    Boost's protocol (`boost_edge_metrics`, spec 9.4), Depth Pro's boundary F1 on the aligned prediction, and
+    Depth metrics after alignment (`align`, `space`; docs/method.md §9.1). With `edge_metrics`: ORD_boost and D3R with
+    Boost's protocol (`boost_edge_metrics`, docs/method.md §9.4), Depth Pro's boundary F1 on the aligned prediction, and
     (with `ord_rank`) ORD_rank, Eq. 13 with seed 0 and edges from `rgb` when given.
     """
     gt = np.asarray(gt, np.float64)

@@ -1,19 +1,19 @@
-"""Official PyTorch state dict <-> Flax params of `Refiner`; MiT ImageNet init; Orbax export (spec 4).
+"""Official PyTorch state dict <-> Flax params of `Refiner`; MiT ImageNet init; Orbax export (docs/method.md §4).
 
 The official checkpoint (`model_dict_1_5600.pt`, a dict {'net': state_dict}) holds 528 tensors: 383 unique
-ones plus two alias groups (spec 4.2): `encoder.layer_K.*` == `en_layerK.*` (the stem) and
+ones plus two alias groups (docs/method.md §4.2): `encoder.layer_K.*` == `en_layerK.*` (the stem) and
 `cvt.cvt_1.*` == `cross.*` (the cross-attention). The converter reads the canonical copy (`en_layerK`,
 `cross`), checks that the alias copy is bit-identical, and fails with ONE error listing every missing,
 unexpected, shape-mismatched and alias-mismatched key. Group counts and epsilons are not in the
-checkpoint; they are fixed by the module definitions (spec 4.3).
+checkpoint; they are fixed by the module definitions (docs/method.md §4.3).
 
-Reading `.pt` files never needs torch (`sddr_jax.torch_pickle`); converted checkpoints are Orbax
+Reading `.pt` files never needs torch (`sddr_jax.convert.torch_pickle`); converted checkpoints are Orbax
 directories, so inference does not depend on torch either.
 """
 from __future__ import annotations
 
 import collections
-import functools
+import json
 import os
 import shutil
 import tempfile
@@ -23,8 +23,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from sddr_jax.errors import UserError
+from sddr_jax.convert.torch_pickle import load_torch_file
 from sddr_jax.models.mit import MIT_CONFIGS, MiTConfig
-from sddr_jax.torch_pickle import load_torch_file
+from sddr_jax.models.refiner import check_params, model_config_dict, param_shapes
 
 Params = dict[str, Any]
 STEM_CHANNELS = (8, 16, 32)
@@ -33,7 +34,7 @@ N_KEYS = 528
 N_UNIQUE_PARAMS = 10_302_483
 N_PARAMS_WITH_ALIASES = 16_765_339
 
-# Aliases (spec 4.2): alias prefix -> canonical prefix.
+# Aliases (docs/method.md §4.2): alias prefix -> canonical prefix.
 ALIASES: dict[str, str] = {
     **{f"encoder.layer_{k}.": f"en_layer{k}." for k in (1, 2, 3)},
     "cvt.cvt_1.": "cross.",
@@ -219,19 +220,6 @@ def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tupl
             yield prefix + (k,), v
 
 
-@functools.lru_cache(maxsize=None)
-def _flax_shapes(backbone: str = "b0") -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Shapes of every `Refiner` parameter (from the key map; checked against the module in the tests)."""
-    import jax
-    import jax.numpy as jnp
-
-    from sddr_jax.models import Refiner
-
-    x = jax.ShapeDtypeStruct((1, 128, 128, 1), jnp.float32)
-    shapes = jax.eval_shape(Refiner(backbone=backbone).init, jax.random.key(0), x, x)["params"]
-    return {path: tuple(v.shape) for path, v in _flatten(shapes)}
-
-
 def count_params(params: Mapping) -> int:
     """Number of scalars in a params tree."""
     return int(sum(np.size(v) for _, v in _flatten(params)))
@@ -264,7 +252,7 @@ def official_to_flax(state_dict: Mapping[str, Any]) -> Params:
             f"official_to_flax: expected a mapping of key -> array, got {type(state_dict).__name__}"
         )
     entries = official_key_map("b0")
-    shapes = _flax_shapes("b0")
+    shapes = param_shapes()
     expected = {key for key, _, _ in entries}
     missing = [key for key, _, _ in entries if key not in state_dict]
     unexpected = sorted(k for k in state_dict if k not in expected)
@@ -340,7 +328,7 @@ def load_official(path: str | os.PathLike) -> Params:
 
 
 def load_mit_imagenet(path: str | os.PathLike, params: Mapping, backbone: str = "b0") -> Params:
-    """Put SegFormer's ImageNet MiT weights (`mit_b0.pth`) into the backbone of `params` (spec 3.7).
+    """Put SegFormer's ImageNet MiT weights (`mit_b0.pth`) into the backbone of `params` (docs/method.md §3.7).
 
     The 3-channel stage-1 projection (`patch_embed1.proj.*`) is discarded (the refiner's takes 16 channels
     and keeps its own init) and the classification head (`head.*`) is ignored. Every other backbone key
@@ -391,23 +379,31 @@ def _deep_copy(tree: Mapping) -> dict:
 # Flax-native checkpoints (Orbax)
 
 
-def save_params(params: Mapping, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Save a params tree as an Orbax (PyTree) checkpoint directory at `path`, atomically.
+MODEL_CONFIG_FILE = "sddr_model.json"
 
-    Writes into a temporary sibling directory and renames it into place; refuses an existing `path`
-    unless overwrite=True.
+
+def save_params(params: Mapping, path: str | os.PathLike, *, overwrite: bool = False,
+                model_config: Any = None) -> Path:
+    """Save a params tree as an Orbax (PyTree) checkpoint directory at `path`, atomically, with its model
+    config (`sddr_model.json` beside the arrays; None = the official b0 refiner).
+
+    The tree is checked against the model config first. Writes into a temporary sibling directory and
+    renames it into place; refuses an existing `path` unless overwrite=True.
     """
     import orbax.checkpoint as ocp
 
+    tree = _to_numpy_tree(params.get("params", params) if "params" in params else params)
+    cfg = model_config_dict(model_config)
+    check_params(tree, cfg, where=f"save_params {path}")
     dest = Path(path).absolute()
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest}: already exists (pass overwrite=True / --overwrite to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tree = {"params": _to_numpy_tree(params.get("params", params) if "params" in params else params)}
         with ocp.PyTreeCheckpointer() as ckptr:
-            ckptr.save(tmp_root / "ckpt", tree)
+            ckptr.save(tmp_root / "ckpt", {"params": tree})
+        (tmp_root / "ckpt" / MODEL_CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp_root / "ckpt", dest)
@@ -420,8 +416,22 @@ def _to_numpy_tree(tree: Mapping) -> dict:
     return {k: _to_numpy_tree(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
 
 
-def load_params(path: str | os.PathLike) -> Params:
-    """Load refiner params from an official `.pt`/`.pth` file or from an Orbax directory of `save_params`."""
+def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The model config recorded in a `save_params` directory (the official b0 refiner if none is)."""
+    f = Path(path) / MODEL_CONFIG_FILE
+    if not f.is_file():
+        return model_config_dict(None)
+    try:
+        return model_config_dict(json.loads(f.read_text()))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{f}: not a JSON model config ({e})") from None
+
+
+def load_refiner(path: str | os.PathLike) -> tuple[Params, dict[str, Any]]:
+    """(params, model config) from an official `.pt`/`.pth` file or an Orbax directory of `save_params`.
+
+    The params are checked against the model config (one error listing every key/shape difference).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(
@@ -430,6 +440,7 @@ def load_params(path: str | os.PathLike) -> Params:
     if p.is_dir():
         import orbax.checkpoint as ocp
 
+        cfg = read_model_config(p)
         try:
             with ocp.PyTreeCheckpointer() as ckptr:
                 restored = ckptr.restore(p.absolute())
@@ -438,23 +449,14 @@ def load_params(path: str | os.PathLike) -> Params:
         if not isinstance(restored, Mapping) or "params" not in restored:
             raise UserError(f"{p}: Orbax checkpoint without a 'params' entry")
         params = _to_numpy_tree(restored["params"])
-        _check_tree(params, str(p))
-        return params
-    return load_official(p)
+        check_params(params, cfg, where=str(p))
+        return params, cfg
+    return load_official(p), model_config_dict(None)
 
 
-def _check_tree(params: Mapping, where: str) -> None:
-    shapes = _flax_shapes("b0")
-    got = {path: tuple(np.shape(v)) for path, v in _flatten(params)}
-    missing = sorted("/".join(k) for k in shapes if k not in got)
-    unexpected = sorted("/".join(k) for k in got if k not in shapes)
-    bad = sorted(f"{'/'.join(k)} {got[k]} != {shapes[k]}" for k in shapes if k in got and got[k] != shapes[k])
-    if missing or unexpected or bad:
-        raise UserError(
-            f"{where}: params do not match the b0 Refiner: missing {missing[:10]}, "
-            f"unexpected {unexpected[:10]}, "
-            f"bad shapes {bad[:10]}"
-        )
+def load_params(path: str | os.PathLike) -> Params:
+    """Refiner params from an official `.pt`/`.pth` file or a `save_params` directory (see `load_refiner`)."""
+    return load_refiner(path)[0]
 
 
 __all__ = [
@@ -468,6 +470,9 @@ __all__ = [
     "load_mit_imagenet",
     "load_official",
     "load_params",
+    "load_refiner",
+    "read_model_config",
+    "MODEL_CONFIG_FILE",
     "mit_entries",
     "official_key_map",
     "official_to_flax",

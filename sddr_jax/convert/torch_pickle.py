@@ -1,4 +1,4 @@
-"""Torch-free reading (and, for tests, writing) of PyTorch `.pt` / `.pth` checkpoint files (spec 4.1).
+"""Torch-free reading (and, for tests, writing) of PyTorch `.pt` / `.pth` checkpoint files (docs/method.md §4.1).
 
 `load_torch_file(path)` reads the zip format that `torch.save` writes since PyTorch 1.6 (a zip archive
 `<name>/data.pkl` + `<name>/data/<key>` raw storages + `<name>/byteorder`) and the legacy non-zip format of
@@ -18,7 +18,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from sddr_jax.errors import UserError
+from sddr_jax.io import atomic_write
 
 # typed storage class name -> numpy dtype
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -347,20 +347,16 @@ def save_torch_file(obj: Any, path: str | os.PathLike, *, overwrite: bool = Fals
     _TorchPickler(buf, protocol=2).dump(wrap(obj))
     archive_name = p.stem or "archive"
     swap = sys.byteorder != "little"  # storages are written little-endian, as the byteorder record says
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
             z.writestr(f"{archive_name}/data.pkl", buf.getvalue())
             z.writestr(f"{archive_name}/byteorder", "little")
             for key, a in storages:
                 z.writestr(f"{archive_name}/data/{key}", (a.byteswap() if swap else a).tobytes())
             z.writestr(f"{archive_name}/version", "3\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(p, write, overwrite=overwrite)
 
 
 __all__ = ["load_torch_file", "save_torch_file", "STORAGE_DTYPES"]

@@ -1,4 +1,4 @@
-"""Base depth predictors behind one protocol: `predict(image, size) -> depth` (spec 1, 5).
+"""Base depth predictors behind one protocol: `predict(image, size) -> depth` (docs/method.md §1, §5).
 
 A predictor maps an image batch `(B, H, W, C)` and a static int `size` to `(B, size, size, 1)`: the
 prediction for the image squarely resized to size x size. The coarse-to-fine pipelines call it on window

@@ -1,0 +1,52 @@
+"""Every default of `sddr-jax train`: the paper's recipe (docs/method.md §10) at S = 2048.
+
+`get_config()` holds every knob that `sddr_jax.training.train_and_evaluate` reads; the other configs of this
+folder start from it and change what they need.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from sddr_jax.inference.windows import OFFICIAL_SCHEDULE
+from sddr_jax.losses import default_loss_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Every knob of `train_and_evaluate`, with the §10 recipe (docs/method.md)'s values (S = 2048, batch 2, lr 1e-4,
+    AdamW wd 0.01, x0.99 every 100 steps, the `official` loss). The other configs start from this; `arg` is
+    unused (every get_config file takes one)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.init_from = ""  # "" | official .pt / converted dir | "mit:PATH" (SegFormer ImageNet MiT weights)
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="sddr_synthetic", config="s2048", data_dir="", build_if_missing=True,
+        train_split="train", eval_split="test", image_size=2048, batch_size=2,
+        num_threads=2, prefetch_buffer_size=8,
+        # `simulate_prediction` settings: low/high resolutions (0 = S/4 and S), training resolution (0 = low).
+        predictor=dict(low_res=0, high_res=0, train_res=0),
+        augment=dict(crop_scale=(0.6, 1.0), flip_prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2,
+                     gamma=(0.8, 1.25)),
+    ))
+    c.model = ml_collections.ConfigDict(dict(backbone="b0", cross_iterations=8, dtype="float32"))
+    c.loss = default_loss_config("official")
+    c.labels = ml_collections.ConfigDict(dict(
+        schedule=OFFICIAL_SCHEDULE, size=0,  # 0: the training size S
+        blend="official", resolution="adaptive", base_resolution=0, max_resolution=0,  # 0: from data.predictor
+        bilateral=(), edge_quantile=0.85, flat_quantile=0.15, num_regions=4, top_fraction=0.05, region_margin=8,
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
+        schedule="step", decay_steps=100, decay_rate=0.99, warmup_steps=0, end_factor=0.0,
+        grad_clip_norm=0.0, skip_nonfinite=True,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=30_000, gt_only_steps=10_000, label_refresh_steps=10_000, parallel="pmap",
+        log_every=50, eval_every=2_000, checkpoint_every=1_000, keep_checkpoints=3, async_checkpoints=True,
+        best_metric="d3r", best_mode="min", ema_decay=0.0, max_consecutive_nonfinite=100,
+        progress_bar=True, tensorboard=True,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=2, num_examples=0, edge_metrics=True))
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False, coordinator_address="", num_processes=1, process_id=0, local_device_ids=None))
+    return c

@@ -1,0 +1,371 @@
+"""Self-distillation training of the refiner (docs/method.md §8, §10).
+
+The centre is one pure per-device step body, `train_step`, that averages gradients with
+`lax.pmean(..., 'data')`. `training.parallel.parallelize` wraps it either with `jax.pmap` (the default) or with
+`jax.jit(jax.shard_map(...))` over a one-axis mesh; both give the same parameters. The state's buffers are
+donated. `train_and_evaluate(config, workdir)` is the whole program: data, model, optimizer, the
+self-distillation rounds, evaluation, logs and checkpoints (resumed automatically).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh
+
+from sddr_jax import convert, losses
+from sddr_jax.checkpoints import load_refiner
+from sddr_jax.data.pipeline import TrainData
+from sddr_jax.errors import UserError
+from sddr_jax.eval.evaluate import evaluate_maps, summarize
+from sddr_jax.io import write_json_atomic
+from sddr_jax.models.refiner import build_refiner, check_params
+from sddr_jax.training import checkpointing
+from sddr_jax.training.config import check_config
+from sddr_jax.training.labels import label_body, label_options
+from sddr_jax.training.log import MetricLog
+from sddr_jax.training.parallel import AXIS, Placement, allgather_json, parallelize
+
+
+# ------------------------------------------------------------------------------------------------ state
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training (and is checkpointed).
+
+    step: int32 scalar, the number of optimizer steps taken (skipped non-finite updates included).
+    params: the model parameters. opt_state: the optax state. rng: a raw uint32[2] PRNG key, folded with
+    the step and the device index for the dropout key of each step. ema_params: an exponential moving
+    average of params, or None when `ema_decay` is 0.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    ema_params: Any = None
+
+    def to_host(self) -> dict[str, Any]:
+        """A dict of numpy arrays (the checkpoint's `state` item)."""
+        out = {"step": self.step, "params": self.params, "opt_state": self.opt_state, "rng": self.rng}
+        if self.ema_params is not None:
+            out["ema_params"] = self.ema_params
+        return jax.tree.map(lambda x: np.array(x), jax.device_get(out))
+
+    @classmethod
+    def from_host(cls, d: Mapping[str, Any], like: "TrainState") -> "TrainState":
+        """Rebuilds a state from `to_host`'s dict, with the pytree structure of `like`."""
+        return like.replace(
+            step=jnp.asarray(d["step"], jnp.int32),
+            params=jax.tree.map(jnp.asarray, d["params"]),
+            opt_state=jax.tree.unflatten(jax.tree.structure(like.opt_state),
+                                         [jnp.asarray(x) for x in jax.tree.leaves(d["opt_state"])]),
+            rng=jnp.asarray(d["rng"], jnp.uint32),
+            ema_params=jax.tree.map(jnp.asarray, d["ema_params"]) if like.ema_params is not None else None)
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array | int,
+                       ema: bool = False) -> TrainState:
+    """The initial state: step 0, `tx.init(params)`, a raw PRNG key (from an int seed or a key)."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    params = jax.tree.map(jnp.asarray, params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
+                      rng=jnp.asarray(rng, jnp.uint32),
+                      ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+# -------------------------------------------------------------------------------------------- optimizer
+def make_schedule(config: Any, num_steps: int) -> optax.Schedule:
+    """Learning-rate schedule from `config` (the `optimizer` section).
+
+    'step' (default, GBDF's): lr * decay_rate ** floor(count / decay_steps) (x0.99 every 100 steps);
+    'cosine': linear warm-up for warmup_steps, then cosine decay to lr * end_factor at num_steps;
+    'constant'. `count` is the optimizer's own step count, which skipped non-finite updates do not advance.
+    """
+    lr = float(config.learning_rate)
+    name = config.schedule
+    warmup = int(config.get("warmup_steps", 0))
+    if name == "constant":
+        sched = optax.constant_schedule(lr)
+    elif name == "step":
+        sched = optax.exponential_decay(lr, transition_steps=int(config.decay_steps),
+                                        decay_rate=float(config.decay_rate), staircase=True)
+    elif name == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
+            decay_steps=max(int(num_steps), warmup + 1), end_value=lr * float(config.get("end_factor", 0.0)))
+    else:
+        raise UserError(f"optimizer.schedule: expected 'step', 'cosine' or 'constant', got {name!r}")
+    if warmup:
+        sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
+    return sched
+
+
+def make_optimizer(config: Any, num_steps: int) -> optax.GradientTransformation:
+    """optax AdamW (docs/method.md §10 defaults: weight decay 0.01, b1 0.9, b2 0.999, eps 1e-8; weight decay is set
+    explicitly because optax's default, 1e-4, differs from PyTorch's), an optional global-norm clip before
+    it, and `optax.apply_if_finite`, which skips (and counts) any update with a non-finite gradient."""
+    if config.name != "adamw":
+        raise UserError(f"optimizer.name: only 'adamw' is implemented, got {config.name!r}")
+    tx = optax.adamw(make_schedule(config, num_steps), b1=float(config.b1), b2=float(config.b2),
+                     eps=float(config.eps), weight_decay=float(config.weight_decay))
+    if float(config.grad_clip_norm) > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(config.grad_clip_norm)), tx)
+    if config.skip_nonfinite:
+        # The loop itself stops the run after `max_consecutive_nonfinite` skips in a row; optax's own limit
+        # (after which it would apply the non-finite update) is set beyond reach.
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+    return tx
+
+
+def nonfinite_counts(opt_state: Any) -> tuple[int, int]:
+    """(consecutive, total) skipped non-finite updates recorded by `apply_if_finite` (0, 0 without it)."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return int(np.asarray(opt_state.notfinite_count).reshape(-1)[0]), int(
+            np.asarray(opt_state.total_notfinite).reshape(-1)[0])
+    return 0, 0
+
+
+# ------------------------------------------------------------------------------------ the step body
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], labels: Mapping[str, jax.Array] | None, *,
+               apply_fn: Callable, loss_fn: Callable, loss_config: Any, tx: optax.GradientTransformation,
+               ema_decay: float = 0.0, axis_name: str = AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on this device's share of the batch; gradients averaged over `axis_name`.
+
+    `apply_fn(variables, low, high, train=True, rngs={'dropout': key}) -> RefinerOutput`;
+    `loss_fn(outputs, batch, labels, loss_config) -> (scalar, aux)` (labels None: L_gt only).
+    Returns the new state and device-averaged metrics (loss, aux terms, grad_norm, skipped).
+    """
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis_name))
+
+    def objective(params):
+        outputs = apply_fn({"params": params}, batch["low"], batch["high"], train=True,
+                           rngs={"dropout": dropout_key})
+        return loss_fn(outputs, batch, labels, loss_config)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    # Each device's loss is normalised over its own share of the batch; with equal shares the mean of the
+    # per-device gradients is the gradient of the mean per-device loss.
+    grads = lax.pmean(grads, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    metrics = {"loss": loss, **{k: v for k, v in dict(aux).items() if jnp.ndim(v) == 0},
+               "grad_norm": optax.tree.norm(grads)}
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        metrics["skipped"] = 1.0 - opt_state.last_finite.astype(jnp.float32)
+    metrics = lax.pmean(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics), axis_name)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+
+def make_train_step(apply_fn: Callable, loss_fn: Callable, loss_config: Any, tx: optax.GradientTransformation, *,
+                    parallel: str = "pmap", mesh: Mesh | None = None, ema_decay: float = 0.0,
+                    with_labels: bool = False) -> Callable:
+    """`step(state, batch[, labels]) -> (state, metrics)`, `train_step` wrapped by `parallelize`,
+    with the state donated. Metrics come back replicated (pmap: with a device axis)."""
+    body = functools.partial(train_step, apply_fn=apply_fn, loss_fn=loss_fn, loss_config=loss_config, tx=tx,
+                             ema_decay=ema_decay)
+    if with_labels:
+        fn, kinds = body, ("replicated", "sharded", "sharded")
+    else:
+        def fn(state, batch):
+            return body(state, batch, None)
+        kinds = ("replicated", "sharded")
+    return parallelize(fn, kinds, ("replicated", "replicated"), parallel=parallel, mesh=mesh, donate_argnums=(0,))
+
+
+def eval_body(params: Any, batch: Mapping[str, jax.Array], *, apply_fn: Callable) -> jax.Array:
+    """The refined depth (B, S, S, 1) of this device's batch (inference mode)."""
+    return apply_fn({"params": params}, batch["low"], batch["high"], train=False).refined
+
+
+# ------------------------------------------------------------------------------------------ the program
+def maybe_initialize_distributed(config: Any) -> None:
+    """`jax.distributed.initialize` with the config's coordinator when `distributed.initialize` is set."""
+    d = config.get("distributed")
+    if d is None or not d.get("initialize", False):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if d.get("coordinator_address"):
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=int(d.num_processes),
+                      process_id=int(d.process_id))
+    if d.get("local_device_ids") is not None:
+        kwargs["local_device_ids"] = list(d.local_device_ids)
+    jax.distributed.initialize(**kwargs)
+
+
+def initial_params(config: Any, model, seed: int) -> Any:
+    """Fresh params (docs/method.md §3.7 init) or, with `config.init_from`, an official checkpoint (a `.pt` file or a
+    converted directory) or `mit:PATH` to put SegFormer's ImageNet MiT weights into a fresh init."""
+    x = jnp.zeros((1, 128, 128, 1), jnp.float32)
+    # One compiled init instead of hundreds of small eager ops (slow on a CPU).
+    params = jax.jit(lambda k: model.init(k, x, x, train=False)["params"])(jax.random.PRNGKey(seed))
+    params = jax.device_get(params)
+    src = str(config.get("init_from", "") or "")
+    if not src:
+        return params
+    if src.startswith("mit:"):
+        loaded = convert.load_mit_imagenet(src[4:], params, backbone=config.model.backbone)
+    else:
+        loaded, _ = load_refiner(src)
+    check_params(loaded, config.model, where=f"init_from {src}")
+    return jax.tree.map(lambda a: np.asarray(a, np.float32), loaded)
+
+
+def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Trains the refiner with self-distillation (docs/method.md §10) and evaluates it; resumes from `workdir`.
+
+    Phase 1 (steps < train.gt_only_steps): L_gt only. Later steps: the full loss (`loss.name`) with pseudo-labels
+    G_S from a teacher, a frozen copy of the params taken at gt_only_steps and every label_refresh_steps after;
+    labels are recomputed on device for every batch from the teacher (see docs/training.md).
+    Returns {'step', 'train': last logged train metrics, 'eval': last evaluation (per prediction name)}.
+    """
+    maybe_initialize_distributed(config)
+    check_config(config)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = config.train
+    num_steps, gt_steps, refresh = int(t.num_steps), int(t.gt_only_steps), int(t.label_refresh_steps)
+    # Model, optimizer, state.
+    model = build_refiner(config.model)
+    loss_fn = losses.get_loss(config.loss.name)
+    loss_config = config.loss
+    tx = make_optimizer(config.optimizer, num_steps)
+    ema_decay = float(t.get("ema_decay", 0.0))
+    host_state = jax.device_get(create_train_state(initial_params(config, model, int(config.seed)), tx,
+                                                   int(config.seed), ema=ema_decay > 0))
+
+    # Data (each process reads its own shard) and the checkpoint to resume from.
+    data = TrainData(config)
+    train_iter = data.train_iterator()
+    ckpt = checkpointing.Checkpointer(workdir, config, save_every=int(t.checkpoint_every),
+                                      keep=int(t.keep_checkpoints), best_metric=t.get("best_metric") or None,
+                                      best_mode=t.get("best_mode", "min"), async_save=bool(t.async_checkpoints))
+    teacher_host = None
+    start = 0
+    if ckpt.latest_step() is not None:
+        r = ckpt.restore(TrainState.to_host(host_state), teacher_target=host_state.params, data_iterator=train_iter)
+        host_state = TrainState.from_host(r["state"], host_state)
+        teacher_host, start = r["teacher"], r["step"]
+    elif jax.process_index() == 0:
+        write_json_atomic(workdir / "config.json", checkpointing.config_to_dict(config))
+
+    placement = Placement(t.parallel)
+    mesh = placement.mesh
+    state = placement.replicate(host_state)
+    del host_state
+    step_gt = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
+                              ema_decay=ema_decay, with_labels=False)
+    step_sd = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
+                              ema_decay=ema_decay, with_labels=True)
+    label_fn = parallelize(functools.partial(label_body, **label_options(config)),
+                           ("replicated", "sharded", "replicated"), "sharded", parallel=t.parallel, mesh=mesh)
+    eval_fn = parallelize(functools.partial(eval_body, apply_fn=model.apply), ("replicated", "sharded"), "sharded",
+                          parallel=t.parallel, mesh=mesh)
+    copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+    label_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0x5DD2)
+    teacher = placement.replicate(teacher_host) if teacher_host is not None else None
+
+    log = MetricLog(workdir, "train", resume_step=start, tensorboard=bool(t.tensorboard))
+    eval_log = MetricLog(workdir, "eval", resume_step=start, tensorboard=False)
+    result: dict[str, Any] = {"step": start, "train": {}, "eval": {}}
+
+    def host_state_fn():
+        return TrainState.to_host(placement.unreplicate(state))
+
+    def run_eval(step: int) -> dict[str, dict[str, float]]:
+        rows = []
+        params = state.ema_params if state.ema_params is not None else state.params
+        for batch, n_real in data.eval_batches(placement.num_local_devices):
+            refined = placement.gather(eval_fn(params, placement.shard(batch)))
+            preds = {"refined": refined, "low": np.asarray(batch["low"]), "high": np.asarray(batch["high"])}
+            rows += evaluate_maps({k: v[:n_real] for k, v in preds.items()}, np.asarray(batch["depth"])[:n_real],
+                                  np.asarray(batch["valid"])[:n_real], edge_metrics=bool(config.eval.edge_metrics))
+        rows = allgather_json(rows)
+        summary = summarize(rows)
+        flat = {f"{name}/{k}": v for name, m in summary.items() for k, v in m.items()}
+        eval_log.write(step, {**flat, "num_images": len(rows)})
+        if log._tb is not None:
+            for k, v in flat.items():
+                if math.isfinite(v):
+                    log._tb.add_scalar(f"eval/{k}", v, step)
+        best = t.get("best_metric")
+        if best:
+            ckpt.save_best(step, host_state_fn(), {best: summary["refined"][best]},
+                           teacher=placement.unreplicate(teacher) if teacher is not None else None,
+                           data_iterator=train_iter)
+        return summary
+
+    bar = None
+    if bool(t.progress_bar) and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
+    global_batch = int(config.data.batch_size)
+    max_skips = int(t.max_consecutive_nonfinite)
+    schedule = make_schedule(config.optimizer, num_steps)
+    tick, tick_step = time.perf_counter(), start
+    metrics = None
+    for step in range(start, num_steps):
+        if step >= gt_steps and (teacher is None or (step - gt_steps) % refresh == 0):
+            # A new pseudo-label round: the teacher is a frozen copy of the current params (docs/method.md §10).
+            teacher = copy_tree(state.params)
+        batch = next(train_iter)
+        dev = placement.shard({k: batch[k] for k in ("rgb", "low", "high", "depth", "valid") if k in batch})
+        if teacher is None:
+            state, metrics = step_gt(state, dev)
+        else:
+            key = placement.replicate(np.asarray(jax.random.fold_in(label_key, step)))
+            labels = label_fn(teacher, dev, key)
+            state, metrics = step_sd(state, dev, labels)
+        done = step + 1
+        if done % int(t.log_every) == 0 or done == num_steps:
+            m = placement.metrics(metrics)
+            now = time.perf_counter()
+            m["images_per_s"] = (done - tick_step) * global_batch / max(now - tick, 1e-9)
+            m["lr"] = float(schedule(step))  # the rate of the step just taken (skipped updates aside)
+            m["phase"] = 1 if teacher is None else 2
+            consecutive, total = nonfinite_counts(placement.unreplicate(state.opt_state))
+            m["nonfinite_skipped"] = total
+            log.write(done, m, prefix="train/")
+            result["train"] = m
+            tick, tick_step = now, done
+            if bar is not None:
+                bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['images_per_s']:.1f}", phase=m["phase"])
+            if consecutive >= max_skips:
+                ckpt.close()
+                raise UserError(f"training diverged: {consecutive} consecutive non-finite updates skipped at "
+                                f"step {done}; lower optimizer.learning_rate or set optimizer.grad_clip_norm")
+        if bar is not None:
+            bar.update(1)
+        ckpt.maybe_save(done, host_state_fn, teacher=placement.unreplicate(teacher) if teacher is not None and
+                        done % ckpt.save_every == 0 else None, data_iterator=train_iter)
+        if int(t.eval_every) and done % int(t.eval_every) == 0 and done != num_steps:
+            result["eval"] = run_eval(done)
+    if bar is not None:
+        bar.close()
+    if start < num_steps or not result["eval"]:
+        result["eval"] = run_eval(num_steps)
+    ckpt.save(num_steps, host_state_fn(), teacher=placement.unreplicate(teacher) if teacher is not None else None,
+              data_iterator=train_iter)
+    ckpt.close()
+    log.close()
+    eval_log.close()
+    result["step"] = num_steps
+    if jax.process_index() == 0:
+        write_json_atomic(workdir / "result.json", result)
+    return result

@@ -1,0 +1,101 @@
+"""Model configs travel with checkpoints; every loader checks params against the model they are applied to."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sddr_jax import convert
+from sddr_jax.checkpoints import load_refiner
+from sddr_jax.errors import UserError
+from sddr_jax.models import build_refiner, check_params, model_config_dict, param_shapes
+
+TINY = {"backbone": "b0", "cross_iterations": 2, "dtype": "float32"}
+
+
+def _params(model_config, seed=0):
+    shapes = param_shapes(model_config)
+    rng = np.random.default_rng(seed)
+    tree: dict = {}
+    for path, shape in shapes.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = rng.standard_normal(shape).astype(np.float32)
+    return tree
+
+
+def test_model_config_defaults_and_refusals():
+    assert model_config_dict(None) == {"backbone": "b0", "cross_iterations": 8, "dtype": "float32"}
+    assert model_config_dict({"cross_iterations": "2"})["cross_iterations"] == 2
+    with pytest.raises(UserError, match=r"unknown keys \['width'\]"):
+        model_config_dict({"width": 4})
+    with pytest.raises(UserError, match="unknown MiT backbone 'b9'"):
+        model_config_dict({"backbone": "b9"})
+    with pytest.raises(UserError, match="dtype must be one of"):
+        model_config_dict({"dtype": "float64"})
+    r = build_refiner(TINY)
+    assert (r.backbone, r.cross_iterations, r.dtype) == ("b0", 2, None)
+
+
+def test_param_shapes_follow_the_config():
+    full, tiny = param_shapes(None), param_shapes(TINY)
+    blocks = {p[1] for p in full if p[0] == "cross_attention" and p[1].startswith("block")}
+    blocks_tiny = {p[1] for p in tiny if p[0] == "cross_attention" and p[1].startswith("block")}
+    assert len(blocks) == 8 and len(blocks_tiny) == 2
+    # The official b0 refiner: 10,302,483 unique parameters (docs/method.md §3.8).
+    assert sum(int(np.prod(s)) for s in full.values()) == convert.N_UNIQUE_PARAMS
+
+
+def test_check_params_names_every_difference():
+    params = _params(TINY)
+    check_params(params, TINY)  # fits
+    with pytest.raises(UserError, match="parameters do not fit") as e:
+        check_params(params, None, where="ckpt")  # 8 blocks expected, 2 present
+    assert "missing" in str(e.value) and "ckpt" in str(e.value)
+    bad = jax.tree.map(np.copy, params)
+    bad["grad"]["kernel"] = np.zeros((3, 3, 1, 1), np.float32)
+    del bad["decoder"]
+    bad["extra"] = {"w": np.zeros(1)}
+    with pytest.raises(UserError) as e:
+        check_params(bad, TINY)
+    msg = str(e.value)
+    assert "wrong shape: grad/kernel (3, 3, 1, 1) != (5, 5, 1, 1)" in msg
+    assert "missing: decoder/" in msg and "unexpected: extra/w" in msg
+    with pytest.raises(UserError, match="expected a nested dict"):
+        check_params([1, 2], TINY)
+
+
+def test_converted_dir_records_its_model_config(tmp_path):
+    params = _params(TINY, seed=1)
+    out = convert.save_params(params, tmp_path / "tiny", model_config=TINY)
+    assert json.loads((out / convert.MODEL_CONFIG_FILE).read_text()) == TINY
+    loaded, cfg = load_refiner(out)
+    assert cfg == TINY
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    # params that do not fit the stated model are refused before anything is written
+    with pytest.raises(UserError, match="parameters do not fit"):
+        convert.save_params(params, tmp_path / "wrong", model_config=None)
+    assert not (tmp_path / "wrong").exists()
+    # a config file that does not match the arrays is refused on load
+    (out / convert.MODEL_CONFIG_FILE).write_text(json.dumps({"cross_iterations": 8}))
+    with pytest.raises(UserError, match="parameters do not fit"):
+        load_refiner(out)
+    (out / convert.MODEL_CONFIG_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="not a JSON model config"):
+        load_refiner(out)
+
+
+def test_refine_uses_the_model_config(tmp_path):
+    from sddr_jax.inference.one_stage import refine_one_stage
+
+    params = _params(TINY, seed=2)
+    params = jax.tree.map(lambda a: 0.02 * a, params)
+    low = np.random.default_rng(3).random((128, 128)).astype(np.float32)
+    out = refine_one_stage(params, low, low, size=128, model_config=TINY)
+    direct = build_refiner(TINY).apply({"params": params}, (low[None, ..., None] - low.min()) / np.ptp(low),
+                                       (low[None, ..., None] - low.min()) / np.ptp(low)).refined
+    np.testing.assert_allclose(out, np.asarray(direct)[0, ..., 0], atol=1e-5)
+    with pytest.raises(UserError, match="refine_one_stage params: parameters do not fit .* missing: cross_attention/"):
+        refine_one_stage(params, low, low, size=128)  # the default (8 blocks) does not fit these params
