@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"  # e.g. "out/x.png: Not a directory", not "[Errno 20] ..."
+    return " ".join(str(e).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -82,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as e:
-        msg = " ".join(str(e).split())
-        print(f"sddr-jax {name}: error: {msg}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as e:
+        # Expected failures (bad input, paths that do not exist or cannot be written, a full disk) end in one
+        # line naming the file or argument; anything else is a bug and keeps its traceback.
+        print(f"sddr-jax {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sddr-jax {name}: interrupted", file=sys.stderr)

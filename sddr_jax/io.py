@@ -134,11 +134,103 @@ def read_middlebury_calib(path: str | os.PathLike, *, parse_values: bool = False
     return calib
 
 
+# ----------------------------------------------------------------------------------------------------
+# Bounds checked before anything is allocated
+
+# A decoded depth map costs 4 bytes per pixel, and every pipeline holds several float32 copies of it: the
+# default limit keeps one map under 1/64 of the machine's memory (about 100 megapixels on a 24 GiB machine).
+_BYTES_PER_PIXEL_BUDGET = 64
+MAX_PIXELS_ENV = "SDDR_JAX_MAX_PIXELS"
+
+
+def total_memory_bytes() -> int:
+    """Physical memory of this machine (8 GiB when the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def max_pixels() -> int:
+    """The largest image (H * W) any reader accepts: $SDDR_JAX_MAX_PIXELS, else memory / 64 bytes."""
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise UserError(f"${MAX_PIXELS_ENV}: expected a pixel count, got {env!r}") from None
+        if value < 1:
+            raise UserError(f"${MAX_PIXELS_ENV}: expected a positive pixel count, got {value}")
+        return value
+    return total_memory_bytes() // _BYTES_PER_PIXEL_BUDGET
+
+
+def check_image_size(height: int, width: int, what: str) -> None:
+    """UserError when an (H, W) image exceeds `max_pixels()` (checked from headers, before decoding)."""
+    limit = max_pixels()
+    if int(height) * int(width) > limit:
+        raise UserError(f"{what}: too large: {height}x{width} = {int(height) * int(width):,} pixels "
+                        f"(limit {limit:,}, from this machine's memory; set ${MAX_PIXELS_ENV} to change it)")
+
+
+def _npy_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a .npy file from its header, without reading the data."""
+    try:
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{p}: not a readable .npy array ({e})") from None
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def check_depth_dtype(dtype: Any, what: str) -> None:
+    """Depth maps are real numbers: bool, integer and float dtypes pass; complex, object, string and
+    structured dtypes are refused (a complex map would silently lose its imaginary part)."""
+    dt = np.dtype(dtype)
+    if dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating):
+        return
+    kind = "complex" if np.issubdtype(dt, np.complexfloating) else "non-numeric"
+    raise UserError(f"{what}: expected a real-valued depth map (bool, integer or float), got {kind} dtype {dt}")
+
+
+def _header_size(p: Path, ext: str) -> tuple[int, int] | None:
+    """(H, W) declared by a depth file's header, or None where the format has none we read cheaply."""
+    if ext == ".npy":
+        shape, dtype = _npy_header(p)
+        check_depth_dtype(dtype, str(p))
+        dims = [s for s in shape if s != 1] or [1, 1]
+        return (dims[0], dims[1]) if len(dims) == 2 else (int(np.prod(shape)), 1)
+    if ext == ".pfm":
+        with open(p, "rb") as f:
+            f.readline()
+            dims: list[bytes] = []
+            while len(dims) < 2:
+                line = f.readline()
+                if not line:
+                    return None
+                if not line.lstrip().startswith(b"#"):
+                    dims += line.split()
+        try:
+            return int(dims[1]), int(dims[0])
+        except ValueError:
+            return None
+    try:
+        return _pil_size(p)
+    except UserError:
+        return None
+
+
 def read_depth(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel depth map as float32 (H, W), by extension (.npy, .png, .pfm, .tif/.tiff).
 
     PNG values are returned raw (no rescaling of 8/16-bit integers), like the official demo.
-    Raises FileNotFoundError for a missing file, UserError for an unreadable file or a wrong channel count.
+    Raises FileNotFoundError for a missing file, UserError for an unreadable file, a wrong channel count, a
+    complex or non-numeric dtype, or a declared size above `max_pixels()` (read from the header first, so a
+    huge declared size never allocates).
     """
     p = Path(path)
     ext = _ext(p)
@@ -150,13 +242,15 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{p}: no such depth file")
     if p.is_dir():
         raise UserError(f"{p}: is a directory, expected a depth map file")
+    hw = _header_size(p, ext)
+    if hw is not None:
+        check_image_size(*hw, str(p))
     if ext == ".npy":
         try:
             a = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise UserError(f"{p}: not a readable .npy array ({e})") from None
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-            raise UserError(f"{p}: expected a numeric array, got dtype {a.dtype}")
+        check_depth_dtype(a.dtype, str(p))
     elif ext == ".pfm":
         a = read_pfm(p)
     else:
@@ -248,18 +342,28 @@ def write_depth(
     return atomic_write(p, write, overwrite=overwrite)
 
 
-def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image file (only its header is decoded where the format allows)."""
+def _pil_size(p: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
-    p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such image file")
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here; our own limit applies (`max_pixels`)
     try:
         with Image.open(p) as im:
             w, h = im.size
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{p}: not a readable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    return h, w
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file from its header; UserError above `max_pixels()`."""
+    p = Path(path)
+    h, w = _pil_size(p)
+    check_image_size(h, w, str(p))
     return h, w
 
 
@@ -269,6 +373,9 @@ __all__ = [
     "atomic_write",
     "read_depth",
     "read_image_size",
+    "max_pixels",
+    "check_image_size",
+    "check_depth_dtype",
     "read_pfm",
     "write_pfm",
     "parse_middlebury_calib",
@@ -279,13 +386,15 @@ __all__ = [
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create `path` if needed and make sure files can be written in it (a clear error otherwise)."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write_probe{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{what} {p}: not writable ({e.strerror or e})") from None
-    return p
+    """Make sure files can be written in folder `path` (created later, by the writes themselves): its nearest
+    existing ancestor must be a writable folder and nothing on the way may be a file. Creates nothing, so a
+    refused command leaves no folder behind."""
+    p = Path(path).absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: not writable ({probe} is read-only)")
+    return Path(path)

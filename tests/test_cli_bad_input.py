@@ -3,8 +3,9 @@
 Plus the folder mode of `sddr-jax refine` (official demo layout, previews) on a random-weight checkpoint.
 """
 import collections
-import pickle
+import struct
 import zipfile
+import zlib
 
 import cv2
 import numpy as np
@@ -48,6 +49,18 @@ def workspace(tmp_path_factory, official_state):
     io.write_depth(d / "mismatch/low/a.npy", low)
     io.write_depth(d / "mismatch/high/b.npy", low)
     (d / "taken.png").write_bytes(b"keep me")
+    # Files whose headers declare sizes that must be refused before anything is allocated.
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    (d / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 16, 0, 0, 0, 0))
+                                 + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    with open(d / "huge.npy", "wb") as f:  # 64 bytes of header declaring a 37 GiB array
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000)})
+    (d / "huge.pfm").write_bytes(b"Pf\n100000 100000\n-1.0\n" + b"\0" * 16)
+    np.save(d / "complex.npy", np.ones((24, 32), np.complex64))
+    np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    (d / "rgb.pfm").write_bytes(b"PF\n2 2\n-1.0\n" + b"\0" * 48)
     return d
 
 
@@ -92,6 +105,21 @@ CASES = {
                                                         str(d / "empty"), "--predictions", str(d / "nope")], "nope"),
     "demo: negative panel count": (lambda d: ["demo", "--out", str(d / "out/demo"), "--num-panels", "-1"],
                                    "--num-panels"),
+    # sizes bounded before allocating
+    "png header declaring 100000x100000": (lambda d: _refine(d, low="huge.png"), "too large: 100000x100000"),
+    "npy header declaring 100000x100000": (lambda d: _refine(d, low="huge.npy"), "too large: 100000x100000"),
+    "pfm header declaring 100000x100000": (lambda d: _refine(d, low="huge.pfm"), "too large: 100000x100000"),
+    "--size 131072": (lambda d: _refine(d, "--size", "131072"), "--size 131072: too large"),
+    # dtypes by rule
+    "complex npy": (lambda d: _refine(d, low="complex.npy"), "complex dtype"),
+    "string npy": (lambda d: _refine(d, low="strings.npy"), "non-numeric dtype"),
+    "3-channel pfm": (lambda d: _refine(d, low="rgb.pfm"), "3-channel"),
+    # OS errors on paths: one line, not a traceback
+    "folder-mode output is a file": (lambda d: _refine(d, low="demo/low_448", high="demo/high_1920", out="a_file"),
+                                     "a_file"),
+    "evaluate: --predictions is a file": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
+                                                     str(d / "empty"), "--predictions", str(d / "low.npy")],
+                                          "expected a folder of depth maps"),
 }
 
 
@@ -127,3 +155,13 @@ def test_refine_demo_layout_with_previews(workspace, capsys):
     assert cli.main(args[:-1] + ["--format", "npy"]) == 0
     a16 = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(io.to_uint_official(io.read_depth(out / "a.npy")), a16)
+
+
+def test_a_refused_refine_creates_no_folder(workspace, capsys):
+    """The checkpoint is checked before any output folder exists (nothing is created by a refused run)."""
+    args = _refine(workspace, out="fresh/deeper/refined.png")
+    args[2] = str(workspace / "nope.pt")
+    assert cli.main(args) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert not (workspace / "fresh").exists()
+

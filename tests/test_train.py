@@ -267,8 +267,14 @@ def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
     np.testing.assert_allclose(np.load(out), want, atol=1e-6)
     report = root / "eval_tiny"
     assert cli.main(["evaluate", "--checkpoint", str(workdir), "--dataset", "sddr_synthetic", "--data_dir",
-                     str(data_dir), "--config", "tiny", "--size", "128", "--limit", "2", "--no-edge-metrics",
+                     str(data_dir), "--config", "tiny", "--size", "128", "--limit", "2", "--no-edge-metrics", "--simulate",
                      "--output", str(report)]) == 0
     summary = json.loads(report.with_name(report.name + ".json").read_text())["summary"]
     assert set(summary) == {"refined", "low", "high"} and 0 < summary["refined"]["delta1"] <= 1
+    # A finished run is not relabelled by a config with fewer steps.
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert cli.main(["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir", str(workdir),
+                     f"--config.data.data_dir={data_dir}", "--config.train.num_steps=4"]) == 2
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert json.loads((workdir / "result.json").read_text())["step"] == 6
 

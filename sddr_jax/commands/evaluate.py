@@ -91,6 +91,10 @@ def evaluate(args) -> dict[str, Any]:
     if missing:
         print(f"skipped {len(missing)} example(s) without a prediction: {', '.join(missing[:10])}"
               + (" ..." if len(missing) > 10 else ""))
+    result["settings"]["unscored"] = {k: len(v) for k, v in result["unscored"].items()}
+    for name, images in result["unscored"].items():
+        print(f"could not score {len(images)} image(s) for {name!r} (no finite value on valid pixels): "
+              f"{', '.join(images[:10])}" + (" ..." if len(images) > 10 else ""))
     return result
 
 
@@ -110,8 +114,10 @@ def run(args) -> int:
     result = evaluate(args)
     s = result["settings"]
     columns = {"prediction": "prediction", "refined": "refined", "low": "low input", "high": "high input"}
+    bad = "".join(f" {n} image(s) could not be scored for {k} and are left out of its means." for k, n in
+                  s.get("unscored", {}).items())
     caption = (f"{s['dataset']} ({s['split']}, {s['images']} images), {s['source']}; alignment {s['align']} in "
-               f"{s['space']} space, GT {s['gt']}. Best in bold.")
+               f"{s['space']} space, GT {s['gt']}.{bad} Best in bold.")
     table = metrics_table(result["summary"], columns, caption=caption)
     print(table)
     if args.output:

@@ -123,7 +123,8 @@ def evaluate_dataset(source: Sequence[Mapping[str, Any]], *, decode: Callable[[A
     examples of a random-access `source` (decoded with `decode`), beside the stored low/high baselines.
 
     With `simulate`, examples without stored low/high get them from the simulated predictor (seed 0, folded
-    with the example index). Returns {'summary', 'per_image', 'missing', 'columns'}.
+    with the example index). Returns {'summary', 'per_image', 'missing', 'unscored', 'columns'}; `unscored`
+    names, per prediction, the images left out of its means because they could not be scored.
     """
     if (predictions is None) == (refine is None):
         raise UserError("evaluate_dataset: pass exactly one of predictions (a folder) or refine (a function)")
@@ -179,7 +180,19 @@ def evaluate_dataset(source: Sequence[Mapping[str, Any]], *, decode: Callable[[A
     if not rows:
         raise UserError(f"no example evaluated ({len(missing)} without predictions)")
     first = "prediction" if pred_dir is not None else "refined"
-    return {"summary": summarize(rows), "per_image": rows, "missing": missing, "columns": [first, "low", "high"]}
+    return {"summary": summarize(rows), "per_image": rows, "missing": missing, "unscored": unscored(rows),
+            "columns": [first, "low", "high"]}
+
+
+def unscored(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """{prediction name: names of the images it could not be scored on} (no finite AbsRel: e.g. an all-NaN
+    prediction, or no valid pixel); those images are left out of that prediction's means."""
+    out: dict[str, list[str]] = {}
+    for i, r in enumerate(rows):
+        for k, m in r.items():
+            if k != "name" and not math.isfinite(float(m.get("abs_rel", float("nan")))):
+                out.setdefault(k, []).append(str(r.get("name", i)))
+    return out
 
 
 def json_safe(x: Any) -> Any:

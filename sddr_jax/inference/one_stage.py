@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import os
 from typing import Any, Mapping
 
 import jax
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sddr_jax.errors import UserError
+from sddr_jax.io import total_memory_bytes
 from sddr_jax.models.refiner import SIZE_MULTIPLE, build_refiner, check_params, model_config_dict
 from sddr_jax.ops import minmax_normalize, resize_linear_host, resize_nearest_host
 
@@ -38,7 +41,31 @@ def check_size(size: Any, name: str = "size") -> int:
         raise UserError(
             f"{name} must be a positive multiple of {SIZE_MULTIPLE} (e.g. 1024 or 2048), got {size}"
         )
+    limit = max_size()
+    if size > limit:
+        need = size * size * _REFINER_BYTES_PER_PIXEL / 2**30
+        raise UserError(f"{name} {size}: too large: the refiner needs about {need:,.0f} GiB at S={size} "
+                        f"(limit S <= {limit} from this machine's memory; set ${MAX_SIZE_ENV} to change it)")
     return size
+
+
+# Peak memory of one refiner call grows as S^2: about 450 bytes per working pixel in float32 on CPU (1.8 GiB
+# peak RSS at S = 2048, docs/benchmarks.md); the limit keeps S^2 * 512 bytes under the machine's memory.
+_REFINER_BYTES_PER_PIXEL = 512
+MAX_SIZE_ENV = "SDDR_JAX_MAX_SIZE"
+
+
+def max_size() -> int:
+    """The largest working size S accepted: $SDDR_JAX_MAX_SIZE, else the largest multiple of 128 whose
+    refiner pass fits the machine's memory (S^2 * 512 bytes)."""
+    env = os.environ.get(MAX_SIZE_ENV)
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise UserError(f"${MAX_SIZE_ENV}: expected an integer size, got {env!r}") from None
+    s = int(math.sqrt(total_memory_bytes() / _REFINER_BYTES_PER_PIXEL))
+    return max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "normalize", "model_items"))

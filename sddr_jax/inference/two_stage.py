@@ -13,6 +13,7 @@ three-level rule evaluated and the right one selected per window (see docs/windo
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sddr_jax.errors import UserError
-from sddr_jax.inference.one_stage import RefinerFn
+from sddr_jax.inference.one_stage import RefinerFn, unwrap_params
+from sddr_jax.models.refiner import check_params
 from sddr_jax.ops import align_scale_shift, apply_scale_shift, minmax_normalize, resize_bilinear, resize_cv
 from sddr_jax.inference.windows import (
     BASE_RESOLUTION,
@@ -294,6 +296,8 @@ def refine_two_stage(
         rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage"
     )
     pred_dynamic, pred_static = partition_predictor(predictor)
+    if isinstance(refiner_fn, RefinerFn):  # the refiner of a model config: the params must fit it
+        check_params(unwrap_params(params), dataclasses.asdict(refiner_fn), where="refine_two_stage params")
     traced = isinstance(rgb, jax.core.Tracer)
     if plan_on_host is None:
         plan_on_host = not traced
@@ -303,6 +307,9 @@ def refine_two_stage(
         )
     height, width = int(rgb.shape[1]), int(rgb.shape[2])
     rgb = jnp.asarray(rgb, jnp.float32)
+    if not traced and not bool(jnp.all(jnp.isfinite(rgb))):
+        raise UserError("refine_two_stage: the input contains NaN or infinite values (one bad pixel would "
+                        "spread through the min-max normalisation to the whole map)")
     base = _global_pass_jit(
         params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn
     )

@@ -261,6 +261,10 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         r = ckpt.restore(TrainState.to_host(host_state), teacher_target=host_state.params, data_iterator=train_iter)
         host_state = TrainState.from_host(r["state"], host_state)
         teacher_host, start = r["teacher"], r["step"]
+        if start > num_steps:
+            ckpt.close()
+            raise UserError(f"{workdir}: already trained to step {start}, beyond train.num_steps={num_steps}; "
+                            "resuming would relabel the run (use another --workdir, or raise train.num_steps)")
     elif jax.process_index() == 0:
         write_json_atomic(workdir / "config.json", checkpointing.config_to_dict(config))
 
