@@ -15,7 +15,9 @@ never depend on the training code); the layout it reads is written by `training/
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import pathlib
 from typing import Any, Mapping
@@ -50,6 +52,19 @@ def is_training_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and ((p / CHECKPOINTS).is_dir() or (p / BEST).is_dir() or p.name in (CHECKPOINTS, BEST))
 
 
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax's read-only managers log warnings a user cannot act on ("read_only=True, setting create=False",
+    items it was not asked to restore); they are silenced while we read."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_training_checkpoint(path: str | os.PathLike, *, best: bool = False,
                              step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
     """(params, run config dict, step) of a training checkpoint: `path` is a workdir or its
@@ -62,7 +77,7 @@ def load_training_checkpoint(path: str | os.PathLike, *, best: bool = False,
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     handlers = {STATE: ocp.PyTreeCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
+    with quiet_orbax(), ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers=handlers) as manager:
         if step is None:
             step = manager.latest_step()

@@ -165,3 +165,35 @@ def test_a_refused_refine_creates_no_folder(workspace, capsys):
     assert "nope.pt" in capsys.readouterr().err
     assert not (workspace / "fresh").exists()
 
+
+
+def test_folder_run_resumes_with_skip_existing(workspace, capsys):
+    """An interrupted folder run (one map missing, one of the wrong size) is finished without redoing the
+    complete ones."""
+    out = workspace / "resume_out"
+    args = ["refine", "--checkpoint", str(workspace / "converted"), "--input", str(workspace / "demo"),
+            "--output", str(out), "--size", str(S), "--format", "npy"]
+    assert cli.main(args) == 0
+    reference = {n: np.load(out / f"{n}.npy") for n in ("a", "b")}
+    (out / "b.npy").unlink()  # never written
+    finished = (out / "a.npy").stat().st_mtime_ns
+    assert cli.main(args) == 2 and "--skip-existing" in capsys.readouterr().err  # a plain rerun refuses
+    assert cli.main(args + ["--skip-existing"]) == 0
+    assert "kept 1 complete outputs" in capsys.readouterr().out
+    assert (out / "a.npy").stat().st_mtime_ns == finished  # not redone
+    np.testing.assert_array_equal(np.load(out / "b.npy"), reference["b"])
+    np.save(out / "a.npy", np.zeros((3, 3), np.float32))  # complete file, wrong size: redone
+    assert cli.main(args + ["--skip-existing"]) == 0
+    np.testing.assert_array_equal(np.load(out / "a.npy"), reference["a"])
+    assert cli.main(args + ["--skip-existing"]) == 0
+    assert "all 2 outputs are complete" in capsys.readouterr().out
+    assert cli.main(args + ["--skip-existing", "--overwrite"]) == 2
+
+
+def test_convert_cleans_up_what_a_killed_convert_left(workspace, tmp_path):
+    stale = tmp_path / ".conv.tmp999999.abcd"  # a temp folder of a process that no longer exists
+    (stale / "ckpt").mkdir(parents=True)
+    (stale / "ckpt" / "partial").write_bytes(b"x")
+    assert cli.main(["convert", str(workspace / "model.pt"), str(tmp_path / "conv")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv"]
+    assert convert.load_params(tmp_path / "conv")["grad"]["kernel"].shape == (5, 5, 1, 1)

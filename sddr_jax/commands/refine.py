@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
                         help="also write <name>_preview.png: low | high | refined in colour")
     parser.add_argument("--bf16", action="store_true", help="compute the refiner in bfloat16 (parameters stay float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="resume an interrupted folder run: keep the outputs that are complete (readable, of "
+                             "the expected size) and refine only the others")
 
 
 def _compute_dtype(args):
@@ -152,7 +155,8 @@ def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: 
     else:
         refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args),
                                    model_config=model_config)
-    io.write_depth(out_path, refined, overwrite=args.overwrite)
+    replace = args.overwrite or getattr(args, "skip_existing", False)  # skip-existing: only incomplete ones remain
+    io.write_depth(out_path, refined, overwrite=replace)
     if args.preview:
         import cv2
 
@@ -162,8 +166,22 @@ def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: 
             return cv2.resize(np.asarray(a, np.float32), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
 
         viz.save_panels(_preview_path(out_path), {"low": fit(low), "high": fit(high), "refined": refined},
-                        overwrite=args.overwrite)
+                        overwrite=replace)
     return refined
+
+
+def _finished(job, preview: bool) -> bool:
+    """Whether a job's output (and preview) exist and are complete: readable, with the expected size."""
+    from sddr_jax import io
+
+    _, _, high_path, rgb_path, out = job
+    if not out.is_file() or (preview and not _preview_path(out).is_file()):
+        return False
+    try:
+        want = io.read_image_size(rgb_path) if rgb_path else io.read_depth(high_path).shape[:2]
+        return io.read_depth(out).shape[:2] == tuple(want)
+    except (UserError, ValueError, OSError):
+        return False
 
 
 def _preview_path(out_path: Path) -> Path:
@@ -182,25 +200,36 @@ def run(args) -> int:
     low_res = args.low_resolution or folder_res or 448
     if args.two_stage and low_res <= 0:
         raise UserError(f"--low-resolution: expected a positive resolution, got {low_res}")
+    if args.skip_existing and args.overwrite:
+        raise UserError("--skip-existing and --overwrite: choose one (keep finished outputs, or replace them)")
+    skipped = 0
+    if args.skip_existing:
+        todo = [job for job in jobs if not _finished(job, args.preview)]
+        skipped, jobs = len(jobs) - len(todo), todo
+        if not jobs:
+            print(f"all {skipped} outputs are complete; nothing to refine -> {args.output}")
+            return 0
     # Refuse before computing anything: no partial output.
     taken = [p for _, _, _, _, o in jobs for p in ((o, _preview_path(o)) if args.preview else (o,)) if p.exists()]
-    if taken and not args.overwrite:
+    if taken and not (args.overwrite or args.skip_existing):
         raise FileExistsError(f"{taken[0]}: already exists" + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
-                              + "; use --overwrite to replace")
+                              + "; use --overwrite to replace, or --skip-existing to finish an interrupted run")
     if len(jobs) > 1:
         check_writable_dir(Path(args.output), "--output")
     else:
         check_writable_dir(jobs[0][4].parent, "--output folder")
     params, model_config = load_refiner(args.checkpoint)
     mode = f"two-stage (S={args.size}, low maps at {low_res})" if args.two_stage else f"one-stage (S={args.size})"
+    kept = f" (kept {skipped} complete outputs)" if skipped else ""
     if len(jobs) == 1:
         name, lo, hi, rgb, out = jobs[0]
         refined = refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
-        print(f"refined {lo} + {hi}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]})")
+        print(f"refined {lo} + {hi}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]}){kept}")
         return 0
     from tqdm.auto import tqdm
 
     for name, lo, hi, rgb, out in tqdm(jobs, desc="refine", unit="map"):
+        # An output left incomplete by an interrupted run (only possible through --skip-existing) is replaced.
         refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
-    print(f"refined {len(jobs)} maps, {mode} -> {args.output}")
+    print(f"refined {len(jobs)} maps, {mode} -> {args.output}{kept}")
     return 0

@@ -399,7 +399,8 @@ def save_params(params: Mapping, path: str | os.PathLike, *, overwrite: bool = F
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest}: already exists (pass overwrite=True / --overwrite to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    remove_stale_temp_dirs(dest)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             ckptr.save(tmp_root / "ckpt", {"params": tree})
@@ -410,6 +411,29 @@ def save_params(params: Mapping, path: str | os.PathLike, *, overwrite: bool = F
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return dest
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(dest: str | os.PathLike) -> list[Path]:
+    """Removes the temporary folders `.<name>.tmp<pid>.*` that a killed `save_params` left beside `dest`
+    (those whose process is gone); returns what it removed."""
+    dest = Path(dest)
+    removed = []
+    for p in dest.parent.glob(f".{dest.name}.tmp*"):
+        pid = p.name[len(dest.name) + 5:].split(".", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def _to_numpy_tree(tree: Mapping) -> dict:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -185,6 +186,12 @@ class Checkpointer:
         self.save_every = int(save_every)
         self.best_metric = best_metric
         self._saved: set[int] = set()  # steps saved by this process (an async save may not be listed yet)
+        # A kill during a save leaves `<step>.orbax-checkpoint-tmp-*` folders. Orbax removes them in a background
+        # future, so a resumed run could still see them; process 0 removes them here, before anything reads.
+        if jax.process_index() == 0:
+            for sub in ("checkpoints", "best"):
+                for stale in (self.workdir / sub).glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(stale, ignore_errors=True)
         common = dict(enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         self._manager = ocp.CheckpointManager(
             self.workdir / "checkpoints",
