@@ -3,6 +3,7 @@
 Plus the folder mode of `sddr-jax refine` (official demo layout, previews) on a random-weight checkpoint.
 """
 import collections
+import pathlib
 import struct
 import zipfile
 import zlib
@@ -15,6 +16,7 @@ from sddr_jax import cli, convert, io
 from sddr_jax.convert.torch_pickle import save_torch_file
 
 S = 128
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,25 @@ CASES = {
     # OS errors on paths: one line, not a traceback
     "folder-mode output is a file": (lambda d: _refine(d, low="demo/low_448", high="demo/high_1920", out="a_file"),
                                      "a_file"),
+    # more refine, checkpoint, train and evaluate inputs
+    "NaN high map": (lambda d: _refine(d, high="nan.npy"), "nan.npy"),
+    "checkpoint folder without params": (lambda d: _refine(d)[:2] + [str(d / "empty")] + _refine(d)[3:], "empty"),
+    "two-stage with a negative low resolution": (lambda d: _refine(d, "--two-stage", "--low-resolution", "-5"),
+                                                 "--low-resolution"),
+    "skip-existing together with overwrite": (lambda d: _refine(d, "--skip-existing", "--overwrite", low="demo/low_448",
+                                                               high="demo/high_1920", out="out"), "choose one"),
+    "train: config file missing": (lambda d: ["train", "--config", str(d / "nope.py"), "--workdir",
+                                              str(d / "out/run")], "nope.py"),
+    "train: unknown config argument": (lambda d: ["train", "--config", str(REPO / "configs/synthetic.py") + ":bogus",
+                                                  "--workdir", str(d / "out/run")], "bogus"),
+    "train: unknown override key": (lambda d: ["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny",
+                                               "--workdir", str(d / "out/run"), "--config.train.nope=1"],
+                                    "train.nope is not a key"),
+    "evaluate: negative limit": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir", str(d / "empty"),
+                                            "--predictions", str(d / "demo/low_448"), "--limit", "-1"], "--limit"),
+    "evaluate: checkpoint missing": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
+                                                str(d / "empty"), "--checkpoint", str(d / "nope.pt"), "--size", "128"],
+                                     "nope.pt"),
     "evaluate: --predictions is a file": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
                                                      str(d / "empty"), "--predictions", str(d / "low.npy")],
                                           "expected a folder of depth maps"),
