@@ -57,18 +57,7 @@ def read_pfm(path: str | os.PathLike, *, channels: int | None = 1, return_scale:
         c = 1 if header == b"Pf" else 3
         if channels is not None and c != channels:
             raise UserError(f"{p}: expected a single-channel depth map, got a 3-channel PFM")
-        dims: list[bytes] = []
-        while len(dims) < 2:  # width and height, possibly after comments or over two lines
-            line = f.readline()
-            if not line:
-                break
-            if not line.lstrip().startswith(b"#"):
-                dims += line.split()
-        try:
-            w, h = int(dims[0]), int(dims[1])
-            scale = float(f.readline().strip())
-        except (ValueError, IndexError):
-            raise UserError(f"{p}: malformed PFM header (size {b' '.join(dims)[:40]!r})") from None
+        w, h, scale = _pfm_size_and_scale(f, p)
         if w < 1 or h < 1:
             raise UserError(f"{p}: PFM size {w}x{h} is empty")
         dtype = "<f4" if scale < 0 else ">f4"
@@ -79,6 +68,22 @@ def read_pfm(path: str | os.PathLike, *, channels: int | None = 1, return_scale:
     a = np.frombuffer(data, dtype, count=need).reshape((h, w, 3) if c == 3 else (h, w))
     a = np.flipud(a).astype(np.float32)
     return (a, abs(scale)) if return_scale else a
+
+
+def _pfm_size_and_scale(f, p: Path) -> tuple[int, int, float]:
+    """(width, height, scale) of a PFM header, read after its first line: the size may follow comment lines
+    (#) or be split over two lines."""
+    dims: list[bytes] = []
+    while len(dims) < 2:
+        line = f.readline()
+        if not line:
+            break
+        if not line.lstrip().startswith(b"#"):
+            dims += line.split()
+    try:
+        return int(dims[0]), int(dims[1]), float(f.readline().strip())
+    except (ValueError, IndexError):
+        raise UserError(f"{p}: malformed PFM header (size {b' '.join(dims)[:40]!r})") from None
 
 
 def write_pfm(path: str | os.PathLike, array: Any, *, overwrite: bool = False) -> Path:
@@ -207,17 +212,11 @@ def _header_size(p: Path, ext: str) -> tuple[int, int] | None:
     if ext == ".pfm":
         with open(p, "rb") as f:
             f.readline()
-            dims: list[bytes] = []
-            while len(dims) < 2:
-                line = f.readline()
-                if not line:
-                    return None
-                if not line.lstrip().startswith(b"#"):
-                    dims += line.split()
-        try:
-            return int(dims[1]), int(dims[0])
-        except ValueError:
-            return None
+            try:
+                w, h, _ = _pfm_size_and_scale(f, p)
+            except UserError:
+                return None  # read_pfm reports what is wrong with the file
+        return h, w
     try:
         return _pil_size(p)
     except UserError:

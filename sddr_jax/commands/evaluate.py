@@ -59,6 +59,10 @@ def evaluate(args) -> dict[str, Any]:
     if args.limit < 0:
         raise UserError(f"--limit: expected a count >= 0, got {args.limit}")
     refine_fn = None
+    if args.predictions and not pathlib.Path(args.predictions).is_dir():
+        raise UserError(f"--predictions {args.predictions}: expected a folder of depth maps named like the "
+                        "examples" + (", got a file" if pathlib.Path(args.predictions).exists() else
+                                      ", and there is no such folder"))
     if not args.predictions:
         from sddr_jax.checkpoints import load_refiner
         from sddr_jax.inference.one_stage import check_size, refine_one_stage
@@ -69,10 +73,6 @@ def evaluate(args) -> dict[str, Any]:
         def refine_fn(low, high, hw):
             return refine_one_stage(params, low, high, size=size, out_hw=hw, model_config=model_config)
 
-    elif not pathlib.Path(args.predictions).is_dir():
-        raise UserError(f"--predictions {args.predictions}: expected a folder of depth maps named like the "
-                        "examples" + (", got a file" if pathlib.Path(args.predictions).exists() else
-                                      ", and there is no such folder"))
     source = data_source(args.dataset, args.data_dir, args.split, args.config)
     result = E.evaluate_dataset(
         source, decode=decode_record, predictions=args.predictions or None, refine=refine_fn, simulate=args.simulate,
