@@ -7,6 +7,12 @@ and the full `official` loss with pseudo-labels given (their generation is measu
 side in one run (ratios); on a GPU the absolute images/s (target: >= 50 images/s at 1024^2 on one H100).
 
     python benchmarks/train.py [--sizes 512 1024] [--batch-per-device 1] [--steps 3] [--json out.json]
+
+`--config configs/synthetic.py:acceptance` instead times the training program of that config on its own
+data: a phase-1 step (L_gt only) against a phase-2 step (the teacher's label pass on the batch, then the
+full-loss step), side by side on the same batches (target: phase 2 <= 2x phase 1).
+
+    python benchmarks/train.py --config configs/synthetic.py:acceptance --data-dir runs/data --steps 5
 """
 from __future__ import annotations
 
@@ -67,6 +73,72 @@ def bench(size: int, mode: str, batch_per_device: int, steps: int, with_labels: 
             "steps_per_s": 1.0 / dt, "images_per_s": n / dt}
 
 
+def bench_config(config_arg: str, data_dir: str, steps: int) -> dict:
+    """Phase-1 vs phase-2 step time of a training config, on `steps` of its own batches (pipeline excluded)."""
+    import functools
+
+    from sddr_jax import losses
+    from sddr_jax import training as T
+    from sddr_jax.data.pipeline import TrainData
+    from sddr_jax.models import build_refiner
+    from sddr_jax.training.labels import label_body, label_options, label_predictor
+    from sddr_jax.training.parallel import parallelize
+
+    config = T.load_config(config_arg)
+    config.data.data_dir = data_dir
+    model = build_refiner(config.model)
+    tx = T.make_optimizer(config.optimizer, 1000)
+    placement = T.Placement(config.train.parallel)
+    params = T.initial_params(config, model, 0)
+    state = placement.replicate(T.create_train_state(params, tx, 0))
+    it = TrainData(config).train_iterator()
+    batches = [next(it) for _ in range(steps + 1)]
+    keys = ("rgb", "low", "high", "depth", "valid")
+    loss_fn = losses.get_loss(config.loss.name)
+    step_gt = T.make_train_step(model.apply, loss_fn, config.loss, tx, parallel=config.train.parallel,
+                                mesh=placement.mesh)
+    step_sd = T.make_train_step(model.apply, loss_fn, config.loss, tx, parallel=config.train.parallel,
+                                mesh=placement.mesh, with_labels=True)
+    _, predictor = label_predictor(config)
+    label_fn = parallelize(functools.partial(label_body, **label_options(config)),
+                           ("replicated", "sharded", "replicated"), "sharded", parallel=config.train.parallel,
+                           mesh=placement.mesh)
+    pred = placement.replicate(predictor)
+    teacher = placement.replicate(params)
+    devs = [placement.shard({k: b[k] for k in keys + ("key",)}) for b in batches]
+
+    def gt(dev):
+        nonlocal state
+        state, m = step_gt(state, {k: dev[k] for k in keys})
+        return m
+
+    def sd(dev):
+        nonlocal state
+        labels = label_fn(teacher, dev, pred)
+        state, m = step_sd(state, {k: dev[k] for k in keys}, labels)
+        return m
+
+    row = {"config": config_arg, "image_size": int(config.data.image_size), "batch": int(config.data.batch_size),
+           "label_schedule": [list(x) for x in config.labels.schedule],
+           "label_size": int(config.labels.size or config.data.image_size)}
+    for name, fn in (("phase1", gt), ("phase2", sd)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(devs[0]))
+        row[f"{name}_first_step_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for dev in devs[1:]:
+            m = fn(dev)
+        jax.block_until_ready(m)
+        row[f"{name}_step_s"] = (time.perf_counter() - t0) / steps
+    t0 = time.perf_counter()
+    for dev in devs[1:]:
+        out = label_fn(teacher, dev, pred)
+    jax.block_until_ready(out)
+    row["labels_s"] = (time.perf_counter() - t0) / steps
+    row["ratio_phase2_phase1"] = row["phase2_step_s"] / row["phase1_step_s"]
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
@@ -76,7 +148,22 @@ def main() -> int:
     ap.add_argument("--phases", nargs="+", default=["gt"], choices=["gt", "sd"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--config", default=None, help="time a training config's phase-1 vs phase-2 step instead")
+    ap.add_argument("--data-dir", default="runs/data")
     args = ap.parse_args()
+    if args.config:
+        r = bench_config(args.config, args.data_dir, args.steps)
+        print(f"{args.config}: S={r['image_size']} batch {r['batch']}, labels {r['label_schedule']} at "
+              f"{r['label_size']}; load average {os.getloadavg()}")
+        print(f"{'phase':>8} {'first s':>8} {'step s':>8}")
+        for name in ("phase1", "phase2"):
+            print(f"{name:>8} {r[name + '_first_step_s']:8.2f} {r[name + '_step_s']:8.3f}")
+        print(f"label pass alone {r['labels_s']:.3f} s/step; phase 2 / phase 1 = {r['ratio_phase2_phase1']:.2f}")
+        if args.json:
+            from sddr_jax.io import write_json_atomic
+
+            write_json_atomic(args.json, {**r, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()})
+        return 0
     rows = []
     print(f"device: {jax.devices()[0].device_kind} x {jax.local_device_count()}  ({jax.default_backend()})")
     print(f"{'S':>5} {'phase':>5} {'mode':>10} {'batch':>5} {'first s':>8} {'step s':>8} {'steps/s':>8} "

@@ -70,16 +70,29 @@ _PREDICT = jax.jit(lambda im, size, s: resize_bilinear(stand_in_predictor(im, si
                    static_argnums=(1, 2))
 
 
-def sequential(params, rgb, size, labels=False):
-    """The official loop (utils_2stage.patchfusion): window by window, host merges with OpenCV."""
+def student_maps(rgb):
+    """The label task's inputs: the predictor at 448 and 1024, resized to the image (as a training batch)."""
+    h, w = rgb.shape[1:3]
+    return tuple(np.asarray(resize_bilinear(stand_in_predictor(jnp.asarray(rgb), r), (h, w))) for r in (448, 1024))
+
+
+def sequential(params, rgb, size, labels=False, maps=None):
+    """The official loop (utils_2stage.patchfusion): window by window, host merges with OpenCV. With
+    labels=True the G_S track of docs/method.md §6 (global pass on the student's `maps` at image size,
+    gradients with the replicate border)."""
     img = rgb[0]
     h, w = img.shape[:2]
-    low = _PREDICT(jnp.asarray(rgb), 448, size)
-    high = _PREDICT(jnp.asarray(rgb), 1024, size)
-    d0 = np.asarray(_REFINE_ONE(params, low, high))[0, ..., 0]
-    d0 = (d0 - d0.min()) / (d0.max() - d0.min())
-    base = cv2.resize(d0, (w, h), interpolation=cv2.INTER_NEAREST)
-    label = np.asarray(sobel_abs(base)) if labels else None
+    border = "replicate" if labels else "zero"
+    if labels:
+        d0 = np.asarray(_REFINE_ONE(params, jnp.asarray(maps[0]), jnp.asarray(maps[1])))[0, ..., 0]
+        base = (d0 - d0.min()) / (d0.max() - d0.min())
+    else:
+        low = _PREDICT(jnp.asarray(rgb), 448, size)
+        high = _PREDICT(jnp.asarray(rgb), 1024, size)
+        d0 = np.asarray(_REFINE_ONE(params, low, high))[0, ..., 0]
+        d0 = (d0 - d0.min()) / (d0.max() - d0.min())
+        base = cv2.resize(d0, (w, h), interpolation=cv2.INTER_NEAREST)
+    label = np.asarray(sobel_abs(base, border=border)) if labels else None
     for pieces, cover in W.OFFICIAL_SCHEDULE:
         upd = base.copy()
         new_label = label.copy() if labels else None
@@ -99,7 +112,7 @@ def sequential(params, rgb, size, labels=False):
             mask = W.feather_mask(win.height, win.width)
             upd[sl] = upd[sl] * (1 - mask) + merged * mask
             if labels:
-                g = np.asarray(sobel_abs(merged)).astype(np.float64)
+                g = np.asarray(sobel_abs(merged, border=border)).astype(np.float64)
                 prev = label[sl][1:-1, 1:-1].ravel().astype(np.float64)
                 b1, b0 = np.polyfit(g[1:-1, 1:-1].ravel(), prev, 1)
                 m = mask.copy()
@@ -134,14 +147,17 @@ def main(argv=None) -> int:
     for size in args.sizes:
         params = random_params(size)
         rgb_j = jnp.asarray(rgb)
+        crop = rgb[:, :1024]  # the label pass refines the maps at their own size: a multiple of 128
+        maps = student_maps(crop)
         tasks = {
             "two-stage refine": (
                 lambda: refine_two_stage(params, rgb_j, stand_in_predictor, size=size),
                 lambda: sequential(params, rgb, size),
             ),
             "G_S labels": (
-                lambda: edge_labels(params, rgb_j, stand_in_predictor, size=size, masks=False)["edge"],
-                lambda: sequential(params, rgb, size, labels=True),
+                lambda: edge_labels(params, maps[0], maps[1], jnp.asarray(crop), stand_in_predictor, size=size,
+                                    masks=False)["edge"],
+                lambda: sequential(params, crop, size, labels=True, maps=maps),
             ),
         }
         for name, (batched, seq) in tasks.items():

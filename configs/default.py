@@ -23,16 +23,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="sddr_synthetic", config="s2048", data_dir="", build_if_missing=True,
         train_split="train", eval_split="test", image_size=2048, batch_size=2,
         num_threads=2, prefetch_buffer_size=8,
-        # `simulate_prediction` settings: low/high resolutions (0 = S/4 and S), training resolution (0 = low).
-        predictor=dict(low_res=0, high_res=0, train_res=0),
+        # `simulate_prediction` settings: low/high resolutions (0 = S/4 and S), training resolution (0 = low),
+        # texture copied from the RGB into the high map (docs/method.md §7).
+        predictor=dict(low_res=0, high_res=0, train_res=0, texture=0.0),
         augment=dict(crop_scale=(0.6, 1.0), flip_prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2,
                      gamma=(0.8, 1.25)),
     ))
     c.model = ml_collections.ConfigDict(dict(backbone="b0", cross_iterations=8, dtype="float32"))
     c.loss = default_loss_config("official")
     c.labels = ml_collections.ConfigDict(dict(
-        schedule=OFFICIAL_SCHEDULE, size=0,  # 0: the training size S
-        blend="official", resolution="adaptive", base_resolution=0, max_resolution=0,  # 0: from data.predictor
+        # The base predictor that the teacher re-runs on every window (training/labels.py): "auto" = the
+        # data's simulated predictor; "depth-anything-v2-small" (base, large) with predictor_weights=FILE.
+        predictor="auto", predictor_weights="", predictor_output="depth",
+        schedule=OFFICIAL_SCHEDULE, size=0,  # window refiner size; 0: the training size S
+        # adaptive rule: r = base_resolution (0: the predictor's training resolution), cap (0: 2048)
+        blend="official", resolution="adaptive", base_resolution=0, max_resolution=0,
+        edge_from="gradients",  # "gradients": G_S (the paper); "depth": G(D_S), the paper's Table 6 ablation
         bilateral=(), edge_quantile=0.85, flat_quantile=0.15, num_regions=4, top_fraction=0.05, region_margin=8,
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -45,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         log_every=50, eval_every=2_000, checkpoint_every=1_000, keep_checkpoints=3, async_checkpoints=True,
         best_metric="d3r", best_mode="min", ema_decay=0.0, max_consecutive_nonfinite=100,
         progress_bar=True, tensorboard=True,
+        allow_schedule_change=False,  # resume a checkpoint whose gt_only / refresh / lr schedule differs
     ))
     c.eval = ml_collections.ConfigDict(dict(batch_size=2, num_examples=0, edge_metrics=True))
     c.distributed = ml_collections.ConfigDict(dict(

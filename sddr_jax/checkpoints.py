@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sddr_jax import convert
-from sddr_jax.errors import UserError
+from sddr_jax.errors import UserError, storage_problem
 from sddr_jax.models.refiner import check_params, model_config_dict
 
 # Items of a training checkpoint step (training/checkpointing.py writes them).
@@ -96,8 +96,7 @@ def load_training_checkpoint(path: str | os.PathLike, *, best: bool = False,
                     partial_restore=True),
                 CONFIG: ocp.args.JsonRestore()}))
         except (KeyError, ValueError, OSError) as e:
-            raise UserError(f"{path / str(step)}: not a readable training checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise UserError(f"{path / str(step)}: not a readable training checkpoint ({storage_problem(e)})") from None
     params = restored[STATE]["params"]
     config = dict(restored[CONFIG] or {})
     return params, config, int(step)

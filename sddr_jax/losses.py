@@ -483,7 +483,8 @@ def official_config() -> ml_collections.ConfigDict:
         "mask_quantile_low": 0.15, "mask_quantile_high": 0.85,
         "rank_sigma": 0.03, "rank_alpha": 1.0, "rank_mask_value": 0.1,
         "legacy_anchor_column_bug": False,
-        "rank_seed": 0,  # used when the batch carries no "rng" key
+        "rank_seed": 0,  # used when the batch carries no "rng" key (training adds a fresh one per step and device)
+        "rank_target": "pseudo",  # "pseudo": the labels' D_S when they carry it (official); "gt": ground truth
     })
 
 
@@ -523,8 +524,11 @@ def _official_impl(outputs, batch, labels, frozen) -> tuple[Array, dict]:
     p, t, mm = _prepare(edges.sobel_abs(outputs.refined), labels["edge"], me, "L_local")
     l_local = _ssi(p, t, mm, 0.0, c["trim_fraction"], c["median_includes_masked_zeros"], c["grad_scales"])
     if c["w_rank"] != 0.0:
-        depth = batch["depth"].astype(jnp.float32)
-        target = jnp.where(batch["valid"].astype(bool) & jnp.isfinite(depth), depth, 0.0)
+        if c.get("rank_target", "pseudo") == "pseudo" and "depth" in labels:
+            target = labels["depth"].astype(jnp.float32)  # the teacher's refined depth D_S (official code)
+        else:
+            depth = batch["depth"].astype(jnp.float32)
+            target = jnp.where(batch["valid"].astype(bool) & jnp.isfinite(depth), depth, 0.0)
         img = batch["rgb"][..., 0]
         l_rank = _ranking_batch(outputs.refined[..., 0].astype(jnp.float32), target[..., 0], img,
                                 _batch_key(batch, c["rank_seed"]), float(c["rank_sigma"]),

@@ -75,61 +75,64 @@ def _resize(x: Array, hw: Sequence[int]) -> Array:
 # connected components inside patches
 
 
-def _to_blocks(x: Array, p: int) -> Array:
-    hp, wp = x.shape
-    return x.reshape(hp // p, p, wp // p, p).transpose(0, 2, 1, 3)
+def _phase_components(nonedge: Array, patch: int, stride: int, iterations: int, shift=(0, 0)):
+    """Components of `nonedge` (H, W) inside the patches of every tiling phase, all phases at once.
 
-
-def _from_blocks(x: Array) -> Array:
-    nby, nbx, p, _ = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(nby * p, nbx * p)
-
-
-def _block_components(nonedge: Array, patch: int, iterations: int) -> Array:
-    """Labels (Hp, Wp) int32 of 8-connected components of `nonedge` inside each patch x patch block.
-
-    A label is the flat index of a pixel of the component (the smallest one once converged); edge pixels get
-    the sentinel Hp * Wp.
+    Phase (oy, ox) in range(0, patch, stride)^2 puts patch borders at rows y with (y + pt) % patch == 0,
+    pt = (patch - oy - shift[0]) % patch (columns likewise); `shift` (traced ints in [0, stride)) moves the
+    whole tiling. Returns (labels (P, H, W) int32, row offsets (P,), column offsets (P,)): a label is the flat
+    index of a pixel of the component (the smallest once converged), edge pixels get the sentinel H * W.
+    8-connected label propagation restricted to the patch (a fixed number of 3x3-min steps, each followed
+    by two pointer jumps), in image coordinates, so no padding and static shapes for any phase.
     """
-    hp, wp = nonedge.shape
-    big = hp * wp
-    init = jnp.where(nonedge, jnp.arange(big, dtype=jnp.int32).reshape(hp, wp), big)
-    ne_b = _to_blocks(nonedge, patch)
-
-    def shift(x: Array, dy: int, dx: int, fill) -> Array:  # x[..., i + dy, j + dx] inside each block
-        p = x.shape[-1]
-        pad = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=fill)
-        return pad[:, :, 1 + dy:1 + dy + p, 1 + dx:1 + dx + p]
-
-    def step(lab: Array, _) -> tuple[Array, None]:
-        lb = _to_blocks(lab, patch)
-        m = lb
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dy or dx:
-                    m = jnp.minimum(m, shift(lb, dy, dx, big))
-        lab = jnp.where(nonedge, _from_blocks(jnp.where(ne_b, m, big)), big)
-        for _ in range(2):  # pointer jumping: follow the label to its pixel's label
-            flat = lab.ravel()
-            lab = jnp.where(lab < big, flat[jnp.minimum(lab, big - 1)], big)
-        return lab, None
-
-    lab, _ = jax.lax.scan(step, init, None, length=iterations)
-    return lab
-
-
-def _phase_labels(nonedge: Array, patch: int, stride: int, iterations: int):
-    """For each tiling phase: (labels (Hp, Wp), pad_top, pad_left) with the image padded so blocks align."""
     h, w = nonedge.shape
-    out = []
+    big = h * w
+    pts, pls = [], []
     for oy in range(0, patch, stride):
         for ox in range(0, patch, stride):
-            pt, pl = (patch - oy) % patch, (patch - ox) % patch
-            hp = -(-(h + pt) // patch) * patch
-            wp = -(-(w + pl) // patch) * patch
-            ne = jnp.pad(nonedge, ((pt, hp - h - pt), (pl, wp - w - pl)), constant_values=False)
-            out.append((_block_components(ne, patch, iterations), pt, pl))
-    return out
+            pts.append((patch - oy - shift[0]) % patch)
+            pls.append((patch - ox - shift[1]) % patch)
+    pt, pl = jnp.stack([jnp.asarray(v, jnp.int32) for v in pts]), jnp.stack([jnp.asarray(v, jnp.int32) for v in pls])
+    by = (jnp.arange(h)[None] + pt[:, None]) // patch  # (P, H) block row of each image row
+    bx = (jnp.arange(w)[None] + pl[:, None]) // patch  # (P, W)
+    n_ph = len(pts)
+
+    def shift_map(x, dy, dx, fill):  # x[..., i + dy, j + dx], `fill` outside the image
+        pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
+        return pad[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+    ne = jnp.broadcast_to(nonedge, (n_ph, h, w))
+    dirs = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    allowed = []
+    for dy, dx in dirs:  # the neighbour is a non-edge pixel of the same patch
+        same_y = shift_map(jnp.broadcast_to(by[:, :, None], (n_ph, h, w)), dy, dx, -1) == by[:, :, None]
+        same_x = shift_map(jnp.broadcast_to(bx[:, None, :], (n_ph, h, w)), dy, dx, -1) == bx[:, None, :]
+        allowed.append(same_y & same_x & shift_map(ne, dy, dx, False) & ne)
+    init = jnp.where(ne, jnp.arange(big, dtype=jnp.int32).reshape(1, h, w), big)
+
+    def step(lab, _):
+        m = lab
+        for (dy, dx), ok in zip(dirs, allowed):
+            m = jnp.where(ok, jnp.minimum(m, shift_map(lab, dy, dx, big)), m)
+        flat = m.reshape(n_ph, big)
+        for _ in range(2):  # pointer jumping: follow the label to its pixel's label
+            flat = jnp.where(flat < big, jnp.take_along_axis(flat, jnp.minimum(flat, big - 1), axis=1), big)
+        return flat.reshape(n_ph, h, w), None
+
+    lab, _ = jax.lax.scan(step, init, None, length=iterations)
+    return lab, pt, pl
+
+
+def _tiling_weight(pos: Array, patch: int, overlap: int) -> Array:
+    """Weight of a pixel at position `pos` inside its patch: a partition of unity over the `overlap` phases.
+
+    One phase (stride = patch): 1. Several: sin^2(pi (pos + 1/2) / patch), whose shifts by patch / overlap
+    sum to overlap / 2 (normalised here), so the per-patch transforms fade in and out instead of jumping at
+    every stride multiple.
+    """
+    if overlap == 1:
+        return jnp.ones(pos.shape, jnp.float32)
+    return jnp.sin(jnp.pi * (pos.astype(jnp.float32) + 0.5) / patch) ** 2 / (overlap / 2.0)
 
 
 def _check_patch(patch: int, stride: int | None, hw) -> tuple[int, int]:
@@ -146,46 +149,53 @@ def _check_patch(patch: int, stride: int | None, hw) -> tuple[int, int]:
 
 
 def _local_inconsistency3(d: Array, key, k_a: float, k_b: float, patch: int, stride: int, q: float,
-                          iterations: int) -> Array:
+                          iterations: int, random_phase: bool = True) -> Array:
     """eps_cons of one map d (H, W)."""
     nonedge = ~_edges3(d[None], q)[0]
     rng = jnp.max(d) - jnp.min(d)
-    phases = _phase_labels(nonedge, patch, stride, iterations)
-    keys = jax.random.split(key, len(phases))
     h, w = d.shape
-    acc = jnp.zeros_like(d)
-    for (lab, pt, pl), k in zip(phases, keys):
-        hp, wp = lab.shape
-        ka, kb = jax.random.split(k)
-        a_tab = 1.0 + k_a * jax.random.uniform(ka, (hp * wp + 1,), minval=-1.0, maxval=1.0)
-        b_tab = k_b * rng * jax.random.uniform(kb, (hp * wp + 1,), minval=-1.0, maxval=1.0)
-        lab = lab[pt:pt + h, pl:pl + w]
-        acc = acc + (a_tab[lab] - 1.0) * d + b_tab[lab]
-    return jnp.where(nonedge, acc / len(phases), 0.0)
+    kp, ka, kb = jax.random.split(key, 3)
+    shift = jax.random.randint(kp, (2,), 0, stride) if random_phase else (0, 0)
+    lab, pt, pl = _phase_components(nonedge, patch, stride, iterations, shift)
+    n_ph = lab.shape[0]
+    a_tab = 1.0 + k_a * jax.random.uniform(ka, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
+    b_tab = k_b * rng * jax.random.uniform(kb, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
+    flat = lab.reshape(n_ph, -1)
+    a = jnp.take_along_axis(a_tab, flat, axis=1).reshape(lab.shape)
+    b = jnp.take_along_axis(b_tab, flat, axis=1).reshape(lab.shape)
+    overlap = patch // stride
+    wy = _tiling_weight((jnp.arange(h)[None] + pt[:, None]) % patch, patch, overlap)  # (P, H)
+    wx = _tiling_weight((jnp.arange(w)[None] + pl[:, None]) % patch, patch, overlap)  # (P, W)
+    acc = jnp.sum(wy[:, :, None] * wx[:, None, :] * ((a - 1.0) * d + b), axis=0)
+    return jnp.where(nonedge, acc, 0.0)
 
 
 def local_inconsistency_noise(depth, key, k_a: float = 0.1, k_b: float = 0.05, patch: int = 64,
                               stride: int | None = None, edge_quantile: float = 0.9,
-                              cc_iterations: int = 12) -> Array:
+                              cc_iterations: int = 12, random_phase: bool = True) -> Array:
     """eps_cons = D' - D* in synthesis mode (docs/method.md §7). Jittable; one key, split per map.
 
     depth: D* as (H, W), (B, H, W) or (B, H, W, 1). k_a: relative scale jitter (a ~ 1 + U(-k_a, k_a));
     k_b: shift jitter as a fraction of range(D*) (b ~ U(-k_b, k_b) range); patch, stride: tiling in pixels
     (default stride = patch / 2); edge_quantile: edge threshold (pixels above keep D*, eps = 0 there);
     cc_iterations: label-propagation steps for the connected components (see the module notes).
+    random_phase: the tiling is shifted by a random (dy, dx) in [0, stride) per map (default), so patch
+    borders fall at other places in every example; False puts them at multiples of the stride.
+    With overlapping phases (stride < patch) each patch's transform is weighted by a sin^2 window that
+    sums to one over the phases, so the noise has no step at patch borders.
     """
     d, restore = edges.as_maps(depth, "local_inconsistency_noise depth")
     patch, stride = _check_patch(patch, stride, d.shape[-2:])
     return restore(_local_inconsistency_batch(d, key, float(k_a), float(k_b), patch, stride,
-                                              float(edge_quantile),
-                                              int(cc_iterations)))
+                                              float(edge_quantile), int(cc_iterations), bool(random_phase)))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _local_inconsistency_batch(d, key, k_a, k_b, patch, stride, q, iterations):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
+def _local_inconsistency_batch(d, key, k_a, k_b, patch, stride, q, iterations, random_phase):
     d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
     keys = jax.random.split(key, d.shape[0])
-    return jax.vmap(lambda x, k: _local_inconsistency3(x, k, k_a, k_b, patch, stride, q, iterations))(d, keys)
+    return jax.vmap(lambda x, k: _local_inconsistency3(x, k, k_a, k_b, patch, stride, q, iterations,
+                                                       random_phase))(d, keys)
 
 
 def fit_local_inconsistency(prediction, depth, patch: int = 64, stride: int | None = None,
@@ -210,13 +220,12 @@ def _fit_local_batch(d, p, patch, stride, q, iterations):
 
     def one(x: Array, y: Array) -> Array:
         nonedge = ~_edges3(x[None], q)[0]
-        phases = _phase_labels(nonedge, patch, stride, iterations)
+        labs, _, _ = _phase_components(nonedge, patch, stride, iterations)
         h, w = x.shape
+        nseg = h * w + 1
         acc = jnp.zeros_like(x)
-        for lab, pt, pl in phases:
-            hp, wp = lab.shape
-            lab = lab[pt:pt + h, pl:pl + w].ravel()
-            nseg = hp * wp + 1
+        for lab in labs:
+            lab = lab.ravel()
 
             def ssum(v):
                 return jax.ops.segment_sum(v.ravel(), lab, num_segments=nseg)
@@ -225,12 +234,11 @@ def _fit_local_batch(d, p, patch, stride, q, iterations):
             mx, my = ssum(x) / jnp.maximum(n, 1), ssum(y) / jnp.maximum(n, 1)
             sxx = ssum(x * x) - n * mx * mx
             sxy = ssum(x * y) - n * mx * my
-            a = jnp.where(sxx > 1e-12 * jnp.maximum(n, 1), sxy / jnp.where(sxx > 0, sxx, 1.0), 1.0)
             # a component too flat to fit a scale gets a = 1 and the mean offset
-            a = jnp.where(sxx > 1e-12 * jnp.maximum(n, 1), a, 1.0)
+            a = jnp.where(sxx > 1e-12 * jnp.maximum(n, 1), sxy / jnp.where(sxx > 0, sxx, 1.0), 1.0)
             b = my - a * mx
             acc = acc + (a[lab] * x.ravel() + b[lab]).reshape(h, w)
-        return jnp.where(nonedge, acc / len(phases), x)
+        return jnp.where(nonedge, acc / labs.shape[0], x)
 
     return jax.vmap(one)(d, p)
 
@@ -417,11 +425,25 @@ def inconsistency_level(size: int, train_res: int, level_cap: float = 3.0) -> fl
     return float(min(max(size / train_res - 1.0, 0.0), level_cap))
 
 
-def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio: float = 1.0,
+def _highpass(x: Array, sigma: float) -> Array:
+    """x - Gaussian blur of x (replicate border) for (N, H, W) maps: the texture detail of an image."""
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float32)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k = jnp.asarray(k / k.sum())
+    p = jnp.pad(x, ((0, 0), (r, r), (r, r)), mode="edge")
+    blur = sum(k[i] * p[:, i:i + x.shape[1], r:r + x.shape[2]] for i in range(2 * r + 1))
+    p = jnp.pad(blur, ((0, 0), (0, 0), (r, r)), mode="edge")
+    blur = sum(k[i] * p[:, :, i:i + x.shape[2]] for i in range(2 * r + 1))
+    return x - blur
+
+
+def simulated_predict(gt, size: int, key, *, rgb=None, train_res: int = 448, detail_ratio: float = 1.0,
                       k_a: float = 0.15, k_b: float = 0.08, level_cap: float = 3.0, patch_ratio: float = 1.0,
                       edge_quantile: float = 0.9, cc_iterations: int = 12, num_bumps: int = 32,
                       bump_amplitude: float = 0.03, bump_sigma: Sequence[float] = (1.0, 3.0),
-                      bump_band: int = 2) -> Array:
+                      bump_band: int = 2, texture: float = 0.0, texture_sigma: float = 1.5,
+                      random_phase: bool = True) -> Array:
     """A simulated base predictor trained at `train_res`, run on the (square-resized) image at `size`.
 
     gt: ground-truth depth (B, H, W, 1) or (H, W); returns (B, size, size, 1) (or (size, size)), min-max
@@ -434,9 +456,14 @@ def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio:
        patches of round(patch_ratio * train_res) pixels (the receptive field of a predictor trained at
        train_res; clipped to size), edges of D* keep their value. Zero at size <= train_res: a predictor is
        globally consistent at its training resolution and locally inconsistent above it, more so the larger
-       size is.
+       size is. The tiling's phase is drawn from `key` (`random_phase`), so its patch borders move with the
+       example.
     4. Mild edge deformation: `num_bumps` Gaussian bumps near the edges of D*, amplitude
        U(-1, 1) * bump_amplitude * range, sigma ~ U(bump_sigma) pixels.
+    5. Texture copy (`texture` > 0, needs `rgb` (B, H, W, 3) in [0, 1]): the high-pass detail of the grey
+       image (grey minus its Gaussian blur of `texture_sigma` px, at `size`) times texture * min(L, 1) *
+       range(D*) is added away from the depth edges (edges of D* dilated by 1 px): the false edges that
+       real high-resolution predictions copy from the colour image; none at or below train_res.
     The sharper / less consistent trade-off therefore follows size / train_res. All numbers are our choices.
     """
     d, _ = edges.as_maps(gt, "simulated_predict gt")
@@ -446,18 +473,30 @@ def simulated_predict(gt, size: int, key, *, train_res: int = 448, detail_ratio:
     if int(train_res) < 1:
         raise UserError(f"simulated_predict train_res: expected >= 1, got {train_res}")
     _radius(bump_sigma)
-    out = _simulated_predict_maps(d, key, size, int(train_res), float(detail_ratio), float(k_a), float(k_b),
+    grey = None
+    if float(texture) > 0:
+        if rgb is None:
+            raise UserError("simulated_predict: texture > 0 needs the colour image (rgb=)")
+        rgb = jnp.asarray(rgb, jnp.float32)
+        if rgb.ndim == 3:
+            rgb = rgb[None]
+        if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.shape[:3] != d.shape:
+            raise UserError(f"simulated_predict rgb: expected {tuple(d.shape) + (3,)} to match gt, "
+                            f"got {tuple(rgb.shape)}")
+        grey = rgb @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+    out = _simulated_predict_maps(d, grey, key, size, int(train_res), float(detail_ratio), float(k_a), float(k_b),
                                   float(level_cap), float(patch_ratio), float(edge_quantile),
                                   int(cc_iterations),
                                   int(num_bumps), float(bump_amplitude),
-                                  (float(bump_sigma[0]), float(bump_sigma[1])), int(bump_band))
+                                  (float(bump_sigma[0]), float(bump_sigma[1])), int(bump_band),
+                                  float(texture), float(texture_sigma), bool(random_phase))
     return out[0] if jnp.ndim(gt) == 2 else (out[..., None] if jnp.ndim(gt) == 4 else out)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(2, 15)))
-def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio,
-                            edge_quantile,
-                            cc_iterations, num_bumps, bump_amplitude, bump_sigma, bump_band):
+@functools.partial(jax.jit, static_argnums=tuple(range(3, 19)))
+def _simulated_predict_maps(d, grey, key, size, train_res, detail_ratio, k_a, k_b, level_cap, patch_ratio,
+                            edge_quantile, cc_iterations, num_bumps, bump_amplitude, bump_sigma, bump_band,
+                            texture, texture_sigma, random_phase):
     d = fill_invalid(d.astype(jnp.float32), axis=(-2, -1))
     kc, ke = jax.random.split(key)
     ds = _resize(d, (size, size))
@@ -468,10 +507,15 @@ def _simulated_predict_maps(d, key, size, train_res, detail_ratio, k_a, k_b, lev
         patch = max(4, min(size, int(round(patch_ratio * train_res))))
         patch -= patch % 2
         out = out + local_inconsistency_noise(ds, kc, k_a * level, k_b * level, patch, patch // 2,
-                                              edge_quantile, cc_iterations)
+                                              edge_quantile, cc_iterations, random_phase)
     if num_bumps > 0 and bump_amplitude > 0:
         out = out + edge_deformation_noise(ds, ke, None, num_bumps, bump_amplitude, bump_sigma, bump_band,
                                            edge_quantile)
+    if texture > 0 and level > 0:
+        near_edge = jax.vmap(lambda e: _edge_band(e, 1))(_edges3(ds, edge_quantile))
+        detail = _highpass(_resize(grey, (size, size)), texture_sigma)
+        rng = jnp.max(ds, axis=(-2, -1), keepdims=True) - jnp.min(ds, axis=(-2, -1), keepdims=True)
+        out = out + jnp.where(near_edge, 0.0, texture * min(level, 1.0) * rng * detail)
     return minmax_normalize(out, axis=(-2, -1))
 
 
@@ -491,7 +535,7 @@ def simulate_prediction(gt, key, *, low_res: int | None = None, high_res: int | 
     low_res = max(8, h // 4) if low_res is None else int(low_res)
     high_res = h if high_res is None else int(high_res)
     train_res = low_res if train_res is None else int(train_res)
-    kl, kh = jax.random.split(key)
+    kl, kh = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)  # the label pass folds 2, 3, ... per window
     low = simulated_predict(d, low_res, kl, train_res=train_res, **kwargs)
     high = simulated_predict(d, high_res, kh, train_res=train_res, **kwargs)
     low = minmax_normalize(_resize(low, (h, w)) if (low_res, low_res) != (h, w) else low, axis=(-2, -1))

@@ -99,3 +99,37 @@ def test_refine_uses_the_model_config(tmp_path):
     np.testing.assert_allclose(out, np.asarray(direct)[0, ..., 0], atol=1e-5)
     with pytest.raises(UserError, match="refine_one_stage params: parameters do not fit .* missing: cross_attention/"):
         refine_one_stage(params, low, low, size=128)  # the default (8 blocks) does not fit these params
+
+
+def test_truncated_orbax_folder_is_named_in_our_words(tmp_path):
+    """A converted folder whose largest data file was cut short: one line naming the folder and the cause,
+    without TensorStore's text."""
+    import numpy as np
+
+    from sddr_jax import convert
+    from sddr_jax.checkpoints import load_refiner
+    from sddr_jax.errors import UserError, storage_problem
+    from sddr_jax.models import param_shapes
+
+    tree: dict = {}
+    rng = np.random.default_rng(0)
+    for path, shape in param_shapes(None).items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = rng.standard_normal(shape).astype(np.float32)  # incompressible: the data file is largest
+    convert.save_params(tree, tmp_path / "conv")
+    big = max((p for p in (tmp_path / "conv").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    with pytest.raises(UserError) as e:
+        load_refiner(tmp_path / "conv")
+    msg = str(e.value)
+    assert str(tmp_path / "conv") in msg and "truncated or corrupt" in msg
+    assert "OUT_OF_RANGE" not in msg and "OCDBT" not in msg
+    assert storage_problem(ValueError("NOT_FOUND: x")).startswith("a data file is missing")
+    assert storage_problem(KeyError("k")) == "KeyError: 'k'"
+    import json
+
+    with pytest.raises(json.JSONDecodeError) as j:
+        json.loads('{"a": "b')
+    assert "truncated or corrupt" in storage_problem(j.value)

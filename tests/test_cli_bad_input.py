@@ -63,6 +63,14 @@ def workspace(tmp_path_factory, official_state):
     np.save(d / "complex.npy", np.ones((24, 32), np.complex64))
     np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
     (d / "rgb.pfm").write_bytes(b"PF\n2 2\n-1.0\n" + b"\0" * 48)
+    np.save(d / "empty_map.npy", np.zeros((0, 32), np.float32))
+    np.save(d / "one_d.npy", np.zeros((32,), np.float32))
+    full = (d / "low.npy").read_bytes()
+    (d / "short.npy").write_bytes(full[: len(full) - 100])  # header intact, data cut short
+    (d / "zero.png").write_bytes(b"")
+    (d / "short.pfm").write_bytes(b"Pf\n32 24\n-1.0\n" + b"\0" * 100)
+    (d / "garbage_dir").mkdir()
+    (d / "garbage_dir" / "params.msgpack").write_bytes(b"not msgpack")
     return d
 
 
@@ -141,7 +149,41 @@ CASES = {
     "evaluate: --predictions is a file": (lambda d: ["evaluate", "--dataset", "sddr_synthetic", "--data_dir",
                                                      str(d / "empty"), "--predictions", str(d / "low.npy")],
                                           "expected a folder of depth maps"),
+    # more inputs of refine
+    "empty map (0 x 32)": (lambda d: _refine(d, low="empty_map.npy"), "empty_map.npy"),
+    "1-D array": (lambda d: _refine(d, low="one_d.npy"), "one_d.npy"),
+    "npy cut short": (lambda d: _refine(d, low="short.npy"), "short.npy"),
+    "zero-byte png": (lambda d: _refine(d, high="zero.png"), "zero.png"),
+    "pfm cut short": (lambda d: _refine(d, low="short.pfm"), "short.pfm"),
+    "--size 0": (lambda d: _refine(d, "--size", "0"), "--size"),
+    "checkpoint folder with garbage params": (lambda d: _refine(d)[:2] + [str(d / "garbage_dir")] + _refine(d)[3:],
+                                              "garbage_dir"),
+    "convert: destination under a file": (lambda d: ["convert", str(d / "model.pt"), str(d / "a_file/conv")],
+                                          "a_file"),
+    # training configs refused before anything is built
+    "train: unknown labels.predictor": (lambda d: _train(d, "--config.labels.predictor=zoe"),
+                                        "labels.predictor: expected one of"),
+    "train: Depth Anything labels without weights": (
+        lambda d: _train(d, "--config.labels.predictor=depth-anything-v2-small"), "labels.predictor_weights"),
+    "train: labels.predictor_weights missing file": (
+        lambda d: _train(d, "--config.labels.predictor=depth-anything-v2-small",
+                         f"--config.labels.predictor_weights={d / 'nope.safetensors'}"), "nope.safetensors"),
+    "train: labels.size not a multiple of 128": (lambda d: _train(d, "--config.labels.size=100"),
+                                                 "labels.size: the refiner works at multiples of 128, got 100"),
+    "train: unknown labels.edge_from": (lambda d: _train(d, "--config.labels.edge_from=rgb"), "labels.edge_from"),
+    "train: bad labels.schedule": (lambda d: _train(d, "--config.labels.schedule=((1, 0.2),)"), "pieces >= 2"),
+    "train: unknown labels.resolution": (lambda d: _train(d, "--config.labels.resolution=paper"),
+                                         "labels.resolution"),
+    "train: image size not a multiple of 128": (lambda d: _train(d, "--config.data.image_size=200"),
+                                                "data.image_size"),
+    "train: workdir is a file": (lambda d: ["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny",
+                                            "--workdir", str(d / "a_file")], "a_file"),
 }
+
+
+def _train(d, *extra):
+    return ["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir", str(d / "out/run"),
+            f"--config.data.data_dir={d / 'empty'}", *extra]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -218,3 +260,58 @@ def test_convert_cleans_up_what_a_killed_convert_left(workspace, tmp_path):
     assert cli.main(["convert", str(workspace / "model.pt"), str(tmp_path / "conv")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv"]
     assert convert.load_params(tmp_path / "conv")["grad"]["kernel"].shape == (5, 5, 1, 1)
+
+
+def _cli_subprocess(args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.Popen([sys.executable, "-m", "sddr_jax.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_when(proc, cond, timeout=300):
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not cond():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the process ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_during_refine_and_convert(workspace, tmp_path):
+    """kill -9 in the middle of a folder refine and of a convert: no partial output, and the next run finishes
+    (refine --skip-existing) or cleans up (convert) on its own."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "in"
+    for sub in ("rgb", "low_448", "high_1920"):
+        (src / sub).mkdir(parents=True)
+    names = [f"im{i}" for i in range(8)]
+    for n in names:
+        cv2.imwrite(str(src / "rgb" / f"{n}.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+        io.write_depth(src / "low_448" / f"{n}.png", rng.uniform(size=(20, 20)))
+        io.write_depth(src / "high_1920" / f"{n}.png", rng.uniform(size=(40, 56)))
+    out = tmp_path / "out"
+    args = ["refine", "--checkpoint", str(workspace / "converted"), "--input", str(src), "--output", str(out),
+            "--size", str(S), "--format", "npy"]
+    _kill_when(_cli_subprocess(args), lambda: out.is_dir() and any(out.glob("im*.npy")))
+    done = sorted(p.name for p in out.iterdir())
+    assert done and all(p.endswith(".npy") and not p.startswith(".") for p in done), done  # no temp or partial file
+    for p in done:
+        assert np.load(out / p).shape == (40, 56)
+    assert len(done) < len(names)
+    assert cli.main(args + ["--skip-existing"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.npy" for n in names)
+
+    dest = tmp_path / "conv"
+    _kill_when(_cli_subprocess(["convert", str(workspace / "model.pt"), str(dest)]),
+               lambda: any(tmp_path.glob(".conv.tmp*")))
+    assert not dest.exists()  # the destination appears only once it is complete
+    assert cli.main(["convert", str(workspace / "model.pt"), str(dest)]) == 0
+    assert not list(tmp_path.glob(".conv.tmp*")) and (dest / "sddr_model.json").is_file()

@@ -397,10 +397,12 @@ def test_predictor_inside_edge_labels(tiny_predictor):
     from sddr_jax.training.labels import edge_labels
 
     image = jnp.asarray(np.random.RandomState(6).rand(2, 40, 48, 3), jnp.float32)
-    opts = dict(schedule=((2, 0.2),), size=32, base_resolution=0, global_sizes=(28, 42), max_resolution=64,
-                resolution="fixed", refiner_fn=_toy_refiner)
+    opts = dict(schedule=((2, 0.2),), size=32, base_resolution=0, max_resolution=64, resolution="fixed",
+                refiner_fn=_toy_refiner)
     params = {"a": jnp.float32(0.5)}
-    labels = edge_labels(params, image, tiny_predictor, **opts)  # the predictor travels as a pytree argument
+    low, high = (jax.image.resize(tiny_predictor(image, r), (2, 40, 48, 1), "linear") for r in (28, 42))
+    # the predictor travels as a pytree argument and runs on every window crop
+    labels = edge_labels(params, low, high, image, tiny_predictor, **opts)
     chex.assert_shape(labels["edge"], (2, 40, 48, 1))
     chex.assert_tree_all_finite((labels["edge"], labels["depth"]))
     assert float(jnp.std(labels["depth"][0])) > 0

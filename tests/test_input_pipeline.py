@@ -2,6 +2,7 @@
 import sys
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -45,7 +46,8 @@ def test_synthetic_streams_with_contract(source):
     assert len(source) == 12
     (batch,) = _batches(ip.make_dataset(source, image_size=S, global_batch_size=4, seed=0, simulate=False,
                                         shard=(1, 0)), 1)
-    assert set(batch) == {"rgb", "low", "high", "depth", "valid"}
+    assert set(batch) == {"rgb", "low", "high", "depth", "valid", "has_pred"}  # no simulation: no "key"
+    assert batch["has_pred"].dtype == np.bool_ and not batch["has_pred"].any()
     shapes = {"rgb": (4, S, S, 3), "low": (4, S, S, 1), "high": (4, S, S, 1), "depth": (4, S, S, 1),
               "valid": (4, S, S, 1)}
     for k, shape in shapes.items():
@@ -153,9 +155,14 @@ def test_simulated_predictions(simulated, source):
     assert abs(c) > 0.5
     # Per-example keys: an example's noise does not depend on the rest of its batch.
     sim = ip.make_simulator(5, 0)
-    low0, high0 = sim(np.repeat(batch["depth"][:1], 4, axis=0), np.zeros(4, np.uint32))
+    low0, high0, key0 = sim(np.repeat(batch["depth"][:1], 4, axis=0), np.zeros(4, np.uint32))
     np.testing.assert_array_equal(low0[0], batch["low"][0])
     np.testing.assert_array_equal(high0[0], batch["high"][0])
+    # each example carries its key (for the label pass): fold_in(fold_in(key(seed), process), stream index)
+    np.testing.assert_array_equal(key0[0], batch["key"][0])
+    want = jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 0), 0))
+    np.testing.assert_array_equal(batch["key"][0], np.asarray(want))
+    assert len({tuple(k) for k in batch["key"]}) == 4
 
 
 def test_iterator_state_resumes_exactly(simulated):

@@ -24,7 +24,7 @@ def test_local_inconsistency_per_component_affine_zero_on_edges():
     d = _two_planes(16)
     # one patch covering the map (stride = patch: one tiling phase) -> one affine map per plane
     eps = np.asarray(noise.local_inconsistency_noise(d, jax.random.key(0), k_a=0.2, k_b=0.1, patch=16,
-                                                     stride=16))
+                                                     stride=16, random_phase=False))
     e = np.asarray(noise.depth_edges(d))
     assert e[:, 7:9].sum() >= 20 and not e[:, :7].any() and not e[:, 9:].any()  # only the step columns
     assert np.all(eps[e] == 0.0)  # edges keep D*
@@ -36,7 +36,7 @@ def test_local_inconsistency_per_component_affine_zero_on_edges():
         assert np.abs(eps[comp]).max() > 0
     const = np.full((16, 16), 3.0, np.float32)  # no edges: one component; |eps| <= k_a D* + k_b range
     ec = np.asarray(noise.local_inconsistency_noise(const, jax.random.key(5), k_a=0.2, k_b=0.1, patch=16,
-                                                    stride=16))
+                                                    stride=16, random_phase=False))
     assert np.abs(ec).max() <= 0.2 * 3.0 + 1e-6 and np.abs(ec).max() > 0
     # default tiling (stride = patch / 2: four phases averaged), batch layout, under jit
     b = np.stack([d, d[::-1]])[..., None]
@@ -50,7 +50,8 @@ def test_local_inconsistency_per_component_affine_zero_on_edges():
 
 def test_fit_local_inconsistency_recovers_affine_components():
     d = _two_planes(16)
-    eps = noise.local_inconsistency_noise(d, jax.random.key(2), k_a=0.3, k_b=0.2, patch=16, stride=16)
+    eps = noise.local_inconsistency_noise(d, jax.random.key(2), k_a=0.3, k_b=0.2, patch=16, stride=16,
+                                          random_phase=False)
     pred = d + np.asarray(eps)
     fitted = np.asarray(noise.fit_local_inconsistency(pred, d, patch=16, stride=16))
     np.testing.assert_allclose(fitted, pred, atol=1e-4)  # edge pixels: D* = pred there too

@@ -80,5 +80,5 @@ def test_simulated_predictor_wraps_noise_model():
     np.testing.assert_allclose(np.asarray(f(pred, gt)), np.asarray(out))  # fixed key: deterministic
     other = f(pred.replace(key=jax.random.PRNGKey(4)), gt)  # the key is a leaf: same compiled function
     assert np.abs(np.asarray(other) - np.asarray(out)).max() > 1e-4
-    with pytest.raises(UserError, match="ground-truth depth"):
+    with pytest.raises(UserError, match="depth \+ RGB"):
         pred(jnp.zeros((1, 8, 8, 3)), 16)

@@ -52,8 +52,35 @@ def test_refine_two_stage_checks_params_and_nan(b0_zeros):
         refine_two_stage({}, image, predictor, size=128)
     bad = np.array(image)
     bad[0, 3, 4, 1] = np.nan
-    with pytest.raises(UserError, match="refine_two_stage: the input contains NaN"):
+    with pytest.raises(UserError, match="refine_two_stage: the input: contains NaN.*nonfinite='fill'"):
         refine_two_stage(b0_zeros, bad, predictor, size=128)
+
+
+def _copy_high(params, low, high):
+    return high
+
+
+def test_nonfinite_fill_is_a_named_option():
+    """nonfinite="fill": a NaN pixel becomes its map's (channel's) finite mean, in one and two stages."""
+    image = np.array(stack_maps(MAP[None, ..., None], (1 - MAP)[None, ..., None], 32, 48))
+    bad, want = image.copy(), image.copy()
+    bad[0, 3, 4, 1] = np.nan
+    want[0, 3, 4, 1] = np.nanmean(bad[0, ..., 1])
+    predictor = PrecomputedPredictor(low_resolution=32)
+    kw = dict(size=64, refiner_fn=_copy_high, schedule=((2, 0.2),))
+    np.testing.assert_allclose(np.asarray(refine_two_stage({}, bad, predictor, nonfinite="fill", **kw)),
+                               np.asarray(refine_two_stage({}, want, predictor, **kw)), atol=1e-6)
+    with pytest.raises(UserError, match="nonfinite: expected one of"):
+        refine_two_stage({}, bad, predictor, nonfinite="zero", **kw)
+    m = MAP.copy()
+    m[5, 6] = np.inf
+    fixed = MAP.copy()
+    fixed[5, 6] = MAP[np.isfinite(m)].mean()
+    from sddr_jax.inference.one_stage import handle_nonfinite
+
+    np.testing.assert_allclose(handle_nonfinite(m[None, ..., None], "low", "fill")[0, ..., 0], fixed, rtol=1e-6)
+    with pytest.raises(UserError, match="low: contains NaN or infinite values"):
+        refine_one_stage({}, m, MAP, size=128)
 
 
 def test_size_limit_is_checked_before_allocating(monkeypatch):

@@ -277,4 +277,16 @@ def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
                      f"--config.data.data_dir={data_dir}", "--config.train.num_steps=4"]) == 2
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
     assert json.loads((workdir / "result.json").read_text())["step"] == 6
+    # ... nor by another schedule (here: where phase 1 ends), unless asked explicitly
+    import contextlib
+    import io as _io
+
+    buf = _io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert cli.main(["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir",
+                         str(workdir), f"--config.data.data_dir={data_dir}", "--config.train.num_steps=8",
+                         "--config.train.gt_only_steps=5"]) == 2
+    err = buf.getvalue()
+    assert "another schedule (train.gt_only_steps: checkpoint 3, config 5)" in err and "allow_schedule_change" in err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 

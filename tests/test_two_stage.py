@@ -29,8 +29,8 @@ def toy_refiner(params, low, high):
     """Stand-in refiner: non-linear, spatially coupled (3x3 box blur), parameterised, cheap to compile."""
     mix = params["a"] * _norm(low) + (1 - params["a"]) * _norm(high) ** 2
     p = jnp.pad(mix, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    s = low.shape[1]
-    blur = sum(p[:, i : i + s, j : j + s] for i in range(3) for j in range(3)) / 9.0
+    h, w = low.shape[1:3]
+    blur = sum(p[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
     return blur + params["b"] * _norm(high)
 
 
@@ -59,7 +59,7 @@ def _jit_refiner(fn):
 
 
 def sequential_two_stage(params, rgb, predictor, refiner_fn, schedule, size, base_resolution, global_sizes,
-                         max_resolution=2048, labels=False, base=None):
+                         max_resolution=2048, labels=False, base=None, border="zero"):
     """Plain port of the official loop: one window at a time, host numpy/OpenCV for every step except the
     predictor and refiner calls (batch of one). With labels=True also the §6 gradient track; with `base`
     the global pass is skipped and the steps start from that map."""
@@ -74,7 +74,7 @@ def sequential_two_stage(params, rgb, predictor, refiner_fn, schedule, size, bas
         d0 = np.asarray(refine(params, low, high))[0, ..., 0]
         d0 = (d0 - d0.min()) / (d0.max() - d0.min())
         base = cv2.resize(d0, (w, h), interpolation=cv2.INTER_NEAREST)
-    label = np.asarray(sobel_abs(base))
+    label = np.asarray(sobel_abs(base, border=border))
     for pieces, cover in schedule:
         upd, new_label = base.copy(), label.copy()
         wins = W.window_grid(h, w, pieces, cover)
@@ -96,7 +96,7 @@ def sequential_two_stage(params, rgb, predictor, refiner_fn, schedule, size, bas
             mask = cv2.resize(W.feather_base(), (win.width, win.height), interpolation=cv2.INTER_LINEAR)
             upd[sl] = upd[sl] * (1 - mask) + merged * mask
             if labels:
-                g = np.asarray(sobel_abs(merged)).astype(np.float64)
+                g = np.asarray(sobel_abs(merged, border=border)).astype(np.float64)
                 prev = label[sl].astype(np.float64)
                 gi, pi = g[1:-1, 1:-1].ravel(), prev[1:-1, 1:-1].ravel()
                 b1_, b0_ = np.polyfit(gi, pi, 1)
@@ -169,11 +169,28 @@ def test_two_stage_rejects_bad_arguments(images):
         refine_two_stage(PARAMS, images, lambda im, s: im[:, :s, :s], refiner_fn=toy_refiner, **OPTS)
 
 
+def _student_maps(images):
+    """The student's inputs of the label tests: the stand-in predictor at two resolutions, at image size."""
+    x = jnp.asarray(images)
+    return (resize_bilinear(toy_predictor(x, 48), (H, WD)), resize_bilinear(toy_predictor(x, 96), (H, WD)))
+
+
+LABEL_OPTS = dict(size=S, base_resolution=0)
+
+
 def test_edge_labels_equal_sequential(images):
+    """G_S (docs/method.md §6) against a one-window-at-a-time port: the global pass refines the student's own
+    low/high maps at image size, every window's high input is the predictor re-run on its crop at the
+    official adaptive resolution, gradients with the replicate border."""
+    low, high = _student_maps(images)
     with jax.default_matmul_precision("highest"):
-        labels = edge_labels(PARAMS, images, toy_predictor, refiner_fn=toy_refiner, **OPTS)
-    ref = [sequential_two_stage(PARAMS, im, toy_predictor, toy_refiner, SCHEDULE, S, 0, (48, 96), labels=True)
-           for im in images]
+        labels = edge_labels(PARAMS, low, high, images, toy_predictor, refiner_fn=toy_refiner, **LABEL_OPTS)
+    ref = []
+    for i, im in enumerate(images):
+        d0 = np.asarray(_jit_refiner(toy_refiner)(PARAMS, low[i:i + 1], high[i:i + 1]))[0, ..., 0]
+        base = (d0 - d0.min()) / (d0.max() - d0.min())
+        ref.append(sequential_two_stage(PARAMS, im, toy_predictor, toy_refiner, SCHEDULE, S, 0, None,
+                                        labels=True, base=base, border="replicate"))
     np.testing.assert_allclose(np.asarray(labels["depth"])[..., 0], np.stack([r[0] for r in ref]), atol=2e-5)
     edge = np.asarray(labels["edge"])[..., 0]
     ref_edge = np.stack([r[1] for r in ref])
@@ -182,30 +199,65 @@ def test_edge_labels_equal_sequential(images):
     assert labels["regions"].shape == (2, 4, H, WD)
     frac = float(jnp.mean(labels["mask_edge"]))
     assert 0.1 < frac < 0.2  # 85th percentile
+    # the frame is in no mask and no region (the student's zero-padded G(.) makes it a step)
+    for k in ("mask_edge", "mask_flat"):
+        m = np.asarray(labels[k])[..., 0]
+        assert not m[:, 0].any() and not m[:, -1].any() and not m[:, :, 0].any() and not m[:, :, -1].any()
 
 
-def test_edge_labels_vmap_matches_batch(images):
-    fn = functools.partial(edge_labels, predictor=toy_predictor, schedule=((2, 0.2),), refiner_fn=toy_refiner,
-                           resolution="fixed", **OPTS)
-    batch = fn(PARAMS, images)
-    per = jax.vmap(lambda im: fn(PARAMS, im[None]))(jnp.asarray(images))
-    np.testing.assert_allclose(np.asarray(per["edge"])[:, 0], np.asarray(batch["edge"]), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(per["regions"])[:, 0], np.asarray(batch["regions"]))
+def test_edge_labels_global_pass_is_the_students_maps(images):
+    """No window: G_S = G(min-max(refiner(low, high))) exactly, with the student's maps as given."""
+    low, high = _student_maps(images)
+    out = edge_labels(PARAMS, low, high, images, toy_predictor, (), refiner_fn=identity_refiner, **LABEL_OPTS)
+    h = np.asarray(high)
+    h = (h - h.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(h, axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(np.asarray(out["depth"]), h, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["edge"]), np.asarray(sobel_abs(h, border="replicate")), atol=1e-5)
+
+
+def test_edge_labels_run_each_window_at_its_chosen_resolution(images):
+    """A predictor whose output is its resolution / 1000 and a spy refiner: each window's high input shows the
+    resolution it was predicted at, which must be the official rule's for the level of that window."""
+    def res_predictor(image, size):
+        return jnp.full((image.shape[0], size, size, 1), size / 1000.0, jnp.float32)
+
+    low, high = _student_maps(images)
+    seen = []
+
+    def spy_refiner(params, low_, high_):
+        if low_.shape[1:3] == (H, WD):  # the global pass
+            return toy_refiner(params, low_, high_)
+        jax.debug.callback(lambda h: seen.append(np.asarray(h)[:, 0, 0, 0]), high_)
+        return toy_refiner(params, low_, high_)
+
+    out = edge_labels(PARAMS, low, high, images, res_predictor, ((2, 0.2),), refiner_fn=spy_refiner, **LABEL_OPTS)
+    jax.block_until_ready(out)
+    base = np.asarray(edge_labels(PARAMS, low, high, images, res_predictor, (), refiner_fn=toy_refiner,
+                                  **LABEL_OPTS)["depth"])
+    wins = W.window_grid(H, WD, 2, 0.2)
+    levels = np.stack([W.resolution_factors_host(b[..., 0], wins) for b in base])
+    got = np.rint(seen[-1] * 1000).astype(int).reshape(len(images), len(wins))
+    want = np.array([[W.adaptive_resolution(w.shape, W.RESOLUTION_FACTORS[lv], 0) for w, lv in zip(wins, row)]
+                     for row in levels])
+    np.testing.assert_array_equal(got, want)
+    assert len(set(want.ravel())) > 1  # several levels in use, so the test can tell them apart
 
 
 def test_edge_labels_perfect_predictor_recovers_sobel_of_gt():
-    """Ground truth as predictor and a refiner that trusts it: G_S = sobel_abs(gt) up to the alignment.
+    """Ground truth as the student's maps and as predictor, and a refiner that trusts it: G_S = G(gt) up to the
+    alignment, frame included (the replicate border makes no step there).
 
-    The global pass alone is exact (all resizes are identities); the windows add only the interpolation
-    error of the predictor's bilinear resampling (~1.7% of the maximum gradient on this smooth map).
+    The global pass alone is exact; the windows add only the interpolation error of the predictor's
+    bilinear resampling (~2 % of the maximum gradient on this smooth map).
     """
     yy, xx = np.mgrid[0:128, 0:128].astype(np.float32) / 128.0
     gt = (1.0 + 0.5 * xx + 0.3 * np.sin(2.5 * yy) + 0.2 * np.cos(3.0 * xx * yy))[None, ..., None]
-    ref = np.asarray(sobel_abs(gt))[0, 1:-1, 1:-1, 0]  # interior (zero padding makes the border a step)
+    norm = (gt - gt.min()) / np.ptp(gt)
+    ref = np.asarray(sobel_abs(norm, border="replicate"))[0, ..., 0]
     for schedule, tol in (((), 1e-4), (W.OFFICIAL_SCHEDULE, 0.03)):
-        out = edge_labels({}, gt, gt_predictor, schedule, size=128, global_sizes=(128, 128),
-                          base_resolution=64, refiner_fn=identity_refiner)
-        g = np.asarray(out["edge"])[0, 1:-1, 1:-1, 0]
+        out = edge_labels({}, gt, gt, gt, gt_predictor, schedule, size=128, base_resolution=64,
+                          refiner_fn=identity_refiner)
+        g = np.asarray(out["edge"])[0, ..., 0]
         scale, shift = np.polyfit(ref.ravel(), g.ravel(), 1)
         assert np.abs(scale * ref + shift - g).max() / ref.max() < tol
         assert abs(shift) < 0.01 * scale * ref.mean()  # a pure scale: no offset

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from sddr_jax.errors import UserError
+from sddr_jax.errors import UserError, storage_problem
 from sddr_jax.convert.torch_pickle import load_torch_file
 from sddr_jax.models.mit import MIT_CONFIGS, MiTConfig
 from sddr_jax.models.refiner import check_params, model_config_dict, param_shapes
@@ -469,7 +469,7 @@ def load_refiner(path: str | os.PathLike) -> tuple[Params, dict[str, Any]]:
             with ocp.PyTreeCheckpointer() as ckptr:
                 restored = ckptr.restore(p.absolute())
         except Exception as e:  # noqa: BLE001 - orbax raises many types; the user needs the path
-            raise UserError(f"{p}: not a readable Orbax checkpoint ({type(e).__name__}: {e})") from None
+            raise UserError(f"{p}: not a readable Orbax checkpoint ({storage_problem(e)})") from None
         if not isinstance(restored, Mapping) or "params" not in restored:
             raise UserError(f"{p}: Orbax checkpoint without a 'params' entry")
         params = _to_numpy_tree(restored["params"])

@@ -38,7 +38,7 @@ import numpy as np
 from sddr_jax.data import registry
 from sddr_jax.errors import UserError
 from sddr_jax.noise import simulate_prediction
-from sddr_jax.ops import minmax_normalize
+from sddr_jax.ops import fill_invalid, minmax_normalize
 
 log = logging.getLogger("sddr_jax.data.pipeline")
 
@@ -176,20 +176,33 @@ def process_example(example: Mapping[str, Any], size: int, augment: AugmentConfi
 def _jitted_simulator(kwargs_items: tuple):
     """One jitted, vmapped `simulate_prediction` per set of noise settings, shared by every dataset."""
     kwargs = dict(kwargs_items)
+    texture = float(kwargs.get("texture", 0.0) or 0.0) > 0
 
-    def one(gt, base, index):
-        low, high = simulate_prediction(gt[None], jax.random.fold_in(base, index), **kwargs)
-        return low[0], high[0]
+    def one(gt, rgb, base, index):
+        key = example_key(base, index)
+        low, high = simulate_prediction(gt[None], key, rgb=rgb[None] if texture else None, **kwargs)
+        return low[0], high[0], jax.random.key_data(key)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)))
+
+
+def example_key(base: jax.Array, index) -> jax.Array:
+    """The key of one example: fold_in(base, index), base = fold_in(key(seed), process_index).
+
+    `simulate_prediction` draws the example's low and high maps from it (folds 0 and 1), and the label pass
+    of self-distillation its windows' predictions (docs/method.md §6), so the teacher sees the predictor that
+    made the student's inputs.
+    """
+    return jax.random.fold_in(base, index)
 
 
 def make_simulator(seed: int, process_index: int = 0, device=None, **predictor_kwargs) -> Callable:
-    """`fn(depth (B,S,S,1) np, index (B,) np) -> (low, high)` numpy, deterministic in (seed, process, index).
+    """`fn(depth (B,S,S,1), index (B,), rgb (B,S,S,3) or None) -> (low, high, key)` numpy, deterministic in
+    (seed, process, index); `key` (B, 2) uint32 is each example's key data (`jax.random.wrap_key_data`).
 
-    Each example's key is fold_in(fold_in(key(seed), process_index), index): the noise of an example does
-    not depend on what else is in its batch, so a resumed stream reproduces it exactly. The computation
-    runs on `device` (default: the first CPU device).
+    Each example's key is `example_key(fold_in(key(seed), process_index), index)`: the noise of an example
+    does not depend on what else is in its batch, so a resumed stream reproduces it exactly. The
+    computation runs on `device` (default: the first CPU device).
     """
     device = device if device is not None else jax.devices("cpu")[0]
     try:
@@ -198,11 +211,12 @@ def make_simulator(seed: int, process_index: int = 0, device=None, **predictor_k
         fn = _jitted_simulator.__wrapped__(tuple(sorted(predictor_kwargs.items())))
     base = jax.device_put(jax.random.fold_in(jax.random.key(seed), process_index), device)
 
-    def simulate(depth: np.ndarray, index: np.ndarray):
+    def simulate(depth: np.ndarray, index: np.ndarray, rgb: np.ndarray | None = None):
         d = jax.device_put(np.asarray(depth, np.float32), device)
         i = jax.device_put(np.asarray(index, np.uint32), device)
-        low, high = fn(d, base, i)
-        return np.asarray(low, np.float32), np.asarray(high, np.float32)
+        c = np.zeros(d.shape[:3] + (3,), np.float32) if rgb is None else np.asarray(rgb, np.float32)
+        low, high, key = fn(d, jax.device_put(c, device), base, i)
+        return np.asarray(low, np.float32), np.asarray(high, np.float32), np.asarray(key, np.uint32)
 
     return simulate
 
@@ -324,8 +338,11 @@ def make_dataset(
     def finish(batch):
         has_pred = batch.pop("has_pred")
         index = batch.pop("index")
+        batch["has_pred"] = has_pred
         if simulator is not None and (simulate is True or not has_pred.all()):
-            low, high = simulator(batch["depth"], index)
+            # Invalid GT filled with the image's valid mean, exactly as the label pass does (labels.label_body).
+            gt = fill_invalid(batch["depth"], batch["valid"], axis=(1, 2, 3))
+            low, high, batch["key"] = simulator(gt, index, batch["rgb"])
             keep = has_pred[:, None, None, None] if simulate == "auto" else np.zeros_like(has_pred)[:, None, None, None]
             batch["low"] = np.where(keep, batch["low"], low)
             batch["high"] = np.where(keep, batch["high"], high)

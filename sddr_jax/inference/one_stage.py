@@ -26,7 +26,7 @@ import numpy as np
 from sddr_jax.errors import UserError
 from sddr_jax.io import total_memory_bytes
 from sddr_jax.models.refiner import SIZE_MULTIPLE, build_refiner, check_params, model_config_dict
-from sddr_jax.ops import minmax_normalize, resize_linear_host, resize_nearest_host
+from sddr_jax.ops import fill_invalid, minmax_normalize, resize_linear_host, resize_nearest_host
 
 Array = jax.Array
 DEFAULT_SIZE = 2048
@@ -109,7 +109,23 @@ class RefinerFn:
         return out.refined
 
 
-def _as_batch(x: Any, name: str) -> tuple[np.ndarray, int]:
+NONFINITE = ("error", "fill")
+
+
+def handle_nonfinite(a: np.ndarray, name: str, nonfinite: str = "error") -> np.ndarray:
+    """NaN / inf in a map: "error" (default) refuses it, naming `name`; "fill" replaces those pixels by the
+    mean of the map's finite ones (per map over its last three axes; 0 for a map with none)."""
+    if nonfinite not in NONFINITE:
+        raise UserError(f"nonfinite: expected one of {NONFINITE}, got {nonfinite!r}")
+    if np.all(np.isfinite(a)):
+        return a
+    if nonfinite == "error":
+        raise UserError(f"{name}: contains NaN or infinite values (pass nonfinite='fill' to replace them by the "
+                        "map's finite mean)")
+    return fill_invalid(a, axis=tuple(range(1, a.ndim)))
+
+
+def _as_batch(x: Any, name: str, nonfinite: str = "error") -> tuple[np.ndarray, int]:
     """(H, W) / (H, W, 1) / (B, H, W, 1) -> float32 (B, H, W, 1) plus the original rank."""
     try:
         a = np.asarray(x, dtype=np.float32)
@@ -126,9 +142,7 @@ def _as_batch(x: Any, name: str) -> tuple[np.ndarray, int]:
         raise UserError(f"{name}: expected a map of shape (H, W), (H, W, 1) or (B, H, W, 1), got {a.shape}")
     if min(a.shape[1:3]) < 1 or a.shape[0] < 1:
         raise UserError(f"{name}: empty map of shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise UserError(f"{name}: contains NaN or infinite values")
-    return a, rank
+    return handle_nonfinite(a, name, nonfinite), rank
 
 
 def unwrap_params(params: Mapping) -> Mapping:
@@ -148,6 +162,7 @@ def refine_one_stage(
     dtype: Any = None,
     batch_size: int = 1,
     model_config: Any = None,
+    nonfinite: str = "error",
 ) -> np.ndarray:
     """Refine a low/high pair the way the official demo does (docs/method.md §5.1); returns the float refined map.
 
@@ -159,11 +174,12 @@ def refine_one_stage(
     costs one compilation; 1 (the default) also bounds memory at S = 2048.
     model_config: the refiner's model config (None = the official b0 refiner; a training checkpoint
     carries its own, see `sddr_jax.params.load_refiner`).
+    nonfinite: NaN / inf in an input: "error" (default) or "fill" (the map's finite mean).
     Returns float32 with the rank of `high`: (H', W'), (H', W', 1) or (B, H', W', 1); not quantised.
     """
     size = check_size(size)
-    low_b, _ = _as_batch(low, "low")
-    high_b, rank = _as_batch(high, "high")
+    low_b, _ = _as_batch(low, "low", nonfinite)
+    high_b, rank = _as_batch(high, "high", nonfinite)
     if low_b.shape[0] != high_b.shape[0]:
         raise UserError(
             f"low and high must hold the same number of maps, got {low_b.shape[0]} and {high_b.shape[0]}"

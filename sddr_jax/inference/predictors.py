@@ -94,11 +94,14 @@ class PrecomputedPredictor:
 
 @flax.struct.dataclass
 class SimulatedPredictor:
-    """The simulated predictor of the toolkit: `image` = ground-truth depth (B, H, W, 1).
+    """The simulated predictor of the toolkit (docs/method.md §7): `image` = ground-truth depth (B, H, W, 1),
+    or (B, H, W, 4) = depth followed by the RGB image in [0, 1] (needed by the `texture` option).
 
-    Calls `sddr_jax.noise.simulated_predict(gt, size, key, **options)` with the fixed `key` (a leaf, so a
-    new key does not recompile) and the static `options` (keyword arguments of simulated_predict as a tuple
-    of (name, value) pairs; use `SimulatedPredictor.create(key, **options)`).
+    Calls `sddr_jax.noise.simulated_predict(gt, size, key, rgb=..., **options)` with the fixed `key` (a leaf,
+    so a new key does not recompile) and the static `options` (keyword arguments of simulated_predict as a
+    tuple of (name, value) pairs; use `SimulatedPredictor.create(key, **options)`). `with_key(k)` is the
+    same predictor with another key: the label pass gives every window of an example its own key, folded
+    from the key that made that example's low/high maps.
     """
 
     key: Array
@@ -108,12 +111,19 @@ class SimulatedPredictor:
     def create(cls, key: Array, **options: Any) -> "SimulatedPredictor":
         return cls(key=key, options=tuple(sorted(options.items())))
 
+    def with_key(self, key: Array) -> "SimulatedPredictor":
+        return self.replace(key=key)
+
     def __call__(self, image: Array, size: int) -> Array:
         from sddr_jax import noise
 
-        _check_image(image, "SimulatedPredictor (ground-truth depth)", 1)
+        _check_image(image, "SimulatedPredictor (ground-truth depth [+ RGB])")
+        if image.shape[-1] not in (1, 4):
+            raise UserError(f"SimulatedPredictor: expected (B, H, W, 1) depth or (B, H, W, 4) depth + RGB, got "
+                            f"shape {tuple(image.shape)}")
         size = _check_size(size, "SimulatedPredictor")
-        out = noise.simulated_predict(image, size, self.key, **dict(self.options))
+        rgb = image[..., 1:] if image.shape[-1] == 4 else None
+        out = noise.simulated_predict(image[..., :1], size, self.key, rgb=rgb, **dict(self.options))
         return jnp.asarray(out, jnp.float32).reshape(image.shape[0], size, size, 1)
 
 

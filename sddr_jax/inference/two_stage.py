@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sddr_jax.errors import UserError
-from sddr_jax.inference.one_stage import RefinerFn, unwrap_params
+from sddr_jax.inference.one_stage import RefinerFn, handle_nonfinite, unwrap_params
 from sddr_jax.models.refiner import check_params
-from sddr_jax.ops import align_scale_shift, apply_scale_shift, minmax_normalize, resize_bilinear, resize_cv
+from sddr_jax.ops import align_scale_shift, apply_scale_shift, fill_invalid, minmax_normalize, resize_bilinear, resize_cv
 from sddr_jax.inference.windows import (
     BASE_RESOLUTION,
     BLENDS,
@@ -274,6 +274,7 @@ def refine_two_stage(
     max_resolution: int = MAX_RESOLUTION,
     global_sizes: Sequence[int] = GLOBAL_SIZES,
     refiner_fn: RefinerCallable = official_refiner,
+    nonfinite: str = "error",
 ) -> Array:
     """Two-stage coarse-to-fine refinement (docs/method.md §5.2): rgb (B, H, W, C) -> refined depth (B, H, W, 1).
 
@@ -289,6 +290,8 @@ def refine_two_stage(
     candidate resolution is predicted and selected. None (default): host unless called under a jax
     transformation. `predictor` follows the predictor protocol (sddr_jax.inference.predictors); for the simulated
     and precomputed predictors `rgb` is the array they expect (ground truth, stacked maps).
+    nonfinite: NaN / inf in `rgb`: "error" (default; one bad pixel would spread through the min-max
+    normalisation to the whole map) or "fill" (each channel's finite mean).
     Returns the working map U of the last step (values on the [0, 1] scale of the global pass).
     """
     steps = check_schedule(schedule)
@@ -306,10 +309,15 @@ def refine_two_stage(
             "refine_two_stage: plan_on_host=True needs concrete arrays (it cannot run under jit/vmap)"
         )
     height, width = int(rgb.shape[1]), int(rgb.shape[2])
+    if not traced:
+        a = np.asarray(rgb, np.float32)
+        if not np.all(np.isfinite(a)):
+            if nonfinite == "fill":  # per image and channel
+                a = fill_invalid(a, axis=(1, 2))
+            else:
+                handle_nonfinite(a, "refine_two_stage: the input", nonfinite)
+        rgb = a
     rgb = jnp.asarray(rgb, jnp.float32)
-    if not traced and not bool(jnp.all(jnp.isfinite(rgb))):
-        raise UserError("refine_two_stage: the input contains NaN or infinite values (one bad pixel would "
-                        "spread through the min-max normalisation to the whole map)")
     base = _global_pass_jit(
         params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn
     )

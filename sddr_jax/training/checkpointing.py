@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sddr_jax.errors import UserError
+from sddr_jax.errors import UserError, storage_problem
 
 # Config keys (dotted prefixes) that decide the shapes and structure of the saved state. A run resumed with a
 # different value would restore arrays that do not fit, or silently train another model.
@@ -40,6 +40,17 @@ COMPAT_KEYS: tuple[str, ...] = (
     "optimizer.grad_clip_norm",
     "optimizer.skip_nonfinite",
     "train.ema_decay",
+)
+# Keys whose change on resume would relabel what the run's steps mean (the phase boundary, the label rounds,
+# the learning-rate schedule): refused unless `train.allow_schedule_change` is set.
+SCHEDULE_KEYS: tuple[str, ...] = (
+    "train.gt_only_steps",
+    "train.label_refresh_steps",
+    "optimizer.learning_rate",
+    "optimizer.schedule",
+    "optimizer.decay_steps",
+    "optimizer.decay_rate",
+    "optimizer.warmup_steps",
 )
 
 from sddr_jax.checkpoints import CONFIG, DATA, STATE, TEACHER  # the layout that inference reads
@@ -281,6 +292,13 @@ class Checkpointer:
                 raise UserError(
                     f"checkpoint {directory} was written with an incompatible config ("
                     + "; ".join(diffs) + "). Use a new --workdir, or set these values back.")
+            diffs = config_differences(saved_config, self.config, SCHEDULE_KEYS)
+            allow = bool(dict(dict(self.config).get("train", {})).get("allow_schedule_change", False))
+            if diffs and not allow:
+                raise UserError(
+                    f"checkpoint {directory} was trained with another schedule (" + "; ".join(diffs)
+                    + "): resuming would relabel its steps. Use a new --workdir, set these values back, or pass "
+                    "--config.train.allow_schedule_change=True to continue it on purpose.")
         meta = manager.item_metadata(step)[STATE]
         tree = getattr(meta, "tree", meta)
         diffs = _structure_differences(tree, target_state)
@@ -317,6 +335,13 @@ class Checkpointer:
             if DATA not in present:
                 raise UserError(f"checkpoint {manager.directory / str(step)} has no data-iterator state")
             items[DATA] = _iterator_args(data_iterator, restore=True)
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except UserError:
+            raise
+        except (KeyError, ValueError, OSError) as e:
+            raise UserError(f"checkpoint {manager.directory / str(step)}: cannot be read ({storage_problem(e)}); "
+                            "delete that step's folder to resume from the one before, or use a new --workdir"
+                            ) from None
         return {"step": int(step), "state": restored[STATE], "config": restored[CONFIG],
                 "teacher": restored[TEACHER] if TEACHER in items else None}

@@ -80,6 +80,10 @@ def check_config(config: Any) -> None:
     s = int(config.data.image_size)
     if s % 128:
         raise UserError(f"config.data.image_size: the refiner needs a multiple of 128, got {s}")
+    if int(t.gt_only_steps) < int(t.num_steps):  # a self-distillation phase: its label pass must be able to run
+        from sddr_jax.training.labels import check_label_config
+
+        check_label_config(config)
     best = t.get("best_metric")
     if best in ("d3r", "ord_boost") and not config.eval.edge_metrics:
         raise UserError(f"config.train.best_metric {best!r} needs config.eval.edge_metrics=True "

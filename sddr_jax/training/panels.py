@@ -12,7 +12,7 @@ from sddr_jax.checkpoints import load_training_checkpoint
 from sddr_jax.data.pipeline import TrainData
 from sddr_jax.eval import metrics
 from sddr_jax.models.refiner import build_refiner
-from sddr_jax.training.labels import label_body, label_options
+from sddr_jax.training.labels import label_body, label_options, label_predictor
 
 
 def draw_panels(config, workdir: pathlib.Path, panels_dir: pathlib.Path, num: int) -> list[pathlib.Path]:
@@ -22,13 +22,15 @@ def draw_panels(config, workdir: pathlib.Path, panels_dir: pathlib.Path, num: in
     apply = jax.jit(lambda p, low, high: model.apply({"params": p}, low, high, train=False))
     # The training loop's own label body (outside pmap: no device axis), invalid-depth fill included.
     labels_of = jax.jit(functools.partial(label_body, axis_name=None, **label_options(config)))
+    _, predictor = label_predictor(config)
 
     data = TrainData(config)
     panels_dir.mkdir(parents=True, exist_ok=True)
     written, index = [], 0
     for batch, n_real in data.eval_batches(1):
         out = apply(params, batch["low"], batch["high"])
-        labels = labels_of(params, {k: batch[k] for k in ("depth", "valid")}, jax.random.PRNGKey(int(config.seed)))
+        labels = labels_of(params, {k: batch[k] for k in ("rgb", "low", "high", "depth", "valid", "key") if k in batch},
+                           predictor)
         for i in range(n_real):
             if index >= num:
                 return written

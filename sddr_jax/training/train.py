@@ -32,7 +32,7 @@ from sddr_jax.io import write_json_atomic
 from sddr_jax.models.refiner import build_refiner, check_params
 from sddr_jax.training import checkpointing
 from sddr_jax.training.config import check_config
-from sddr_jax.training.labels import label_body, label_options
+from sddr_jax.training.labels import check_label_source, label_body, label_options, label_predictor
 from sddr_jax.training.log import MetricLog
 from sddr_jax.training.parallel import AXIS, Placement, allgather_json, parallelize
 
@@ -146,6 +146,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], labels: Mappin
     Returns the new state and device-averaged metrics (loss, aux terms, grad_norm, skipped).
     """
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis_name))
+    if "rng" not in batch:  # the ranking loss draws fresh point pairs per step and device
+        batch = {**batch, "rng": jax.random.fold_in(dropout_key, 0x52414E4B)}
 
     def objective(params):
         outputs = apply_fn({"params": params}, batch["low"], batch["high"], train=True,
@@ -184,6 +186,12 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, loss_config: Any, tx:
             return body(state, batch, None)
         kinds = ("replicated", "sharded")
     return parallelize(fn, kinds, ("replicated", "replicated"), parallel=parallel, mesh=mesh, donate_argnums=(0,))
+
+
+def starts_label_round(step: int, gt_only_steps: int, refresh_steps: int) -> bool:
+    """Whether the teacher is refreshed before step `step` (0-based): at gt_only_steps, then every
+    refresh_steps. Between refreshes the labels come from the same frozen teacher, never the live params."""
+    return step >= gt_only_steps and (step - gt_only_steps) % refresh_steps == 0
 
 
 def eval_body(params: Any, batch: Mapping[str, jax.Array], *, apply_fn: Callable) -> jax.Array:
@@ -276,12 +284,18 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
                               ema_decay=ema_decay, with_labels=False)
     step_sd = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
                               ema_decay=ema_decay, with_labels=True)
-    label_fn = parallelize(functools.partial(label_body, **label_options(config)),
-                           ("replicated", "sharded", "replicated"), "sharded", parallel=t.parallel, mesh=mesh)
+    self_distill = gt_steps < num_steps
+    label_fn = label_pred = None
+    if self_distill:
+        kind, predictor = label_predictor(config)
+        opts = label_options(config)
+        opts["with_depth"] = float(config.loss.get("w_rank", 0.0)) != 0.0
+        label_fn = parallelize(functools.partial(label_body, **opts), ("replicated", "sharded", "replicated"),
+                               "sharded", parallel=t.parallel, mesh=mesh)
+        label_pred = placement.replicate(predictor)
     eval_fn = parallelize(functools.partial(eval_body, apply_fn=model.apply), ("replicated", "sharded"), "sharded",
                           parallel=t.parallel, mesh=mesh)
     copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-    label_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0x5DD2)
     teacher = placement.replicate(teacher_host) if teacher_host is not None else None
 
     log = MetricLog(workdir, "train", resume_step=start, tensorboard=bool(t.tensorboard))
@@ -325,16 +339,18 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     tick, tick_step = time.perf_counter(), start
     metrics = None
     for step in range(start, num_steps):
-        if step >= gt_steps and (teacher is None or (step - gt_steps) % refresh == 0):
+        if starts_label_round(step, gt_steps, refresh) or (step >= gt_steps and teacher is None):
             # A new pseudo-label round: the teacher is a frozen copy of the current params (docs/method.md §10).
             teacher = copy_tree(state.params)
         batch = next(train_iter)
+        if step == start and self_distill:  # before any step: the labels must come from the inputs' predictor
+            check_label_source(config, batch)
         dev = placement.shard({k: batch[k] for k in ("rgb", "low", "high", "depth", "valid") if k in batch})
         if teacher is None:
             state, metrics = step_gt(state, dev)
         else:
-            key = placement.replicate(np.asarray(jax.random.fold_in(label_key, step)))
-            labels = label_fn(teacher, dev, key)
+            labels = label_fn(teacher, {**dev, **placement.shard({"key": batch["key"]})} if "key" in batch
+                              else dev, label_pred)
             state, metrics = step_sd(state, dev, labels)
         done = step + 1
         if done % int(t.log_every) == 0 or done == num_steps:
