@@ -315,3 +315,20 @@ def test_kill_9_during_refine_and_convert(workspace, tmp_path):
     assert not dest.exists()  # the destination appears only once it is complete
     assert cli.main(["convert", str(workspace / "model.pt"), str(dest)]) == 0
     assert not list(tmp_path.glob(".conv.tmp*")) and (dest / "sddr_model.json").is_file()
+
+
+def test_unwritable_convert_destination_is_named_by_its_path(workspace, tmp_path, monkeypatch, capsys):
+    """A destination folder that cannot be written (read-only, quota): the message names the destination,
+    not the hidden temporary folder (root ignores permissions here, so the refusal is simulated)."""
+    import errno
+    import tempfile
+
+    def refuse(prefix="", dir=None, **_):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    dest = tmp_path / "ro" / "conv"
+    assert cli.main(["convert", str(workspace / "model.pt"), str(dest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{dest}: cannot write the converted checkpoint here" in err, err
+    assert ".conv.tmp" not in err and not dest.exists()

@@ -398,9 +398,12 @@ def save_params(params: Mapping, path: str | os.PathLike, *, overwrite: bool = F
     dest = Path(path).absolute()
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest}: already exists (pass overwrite=True / --overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(dest)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(dest)
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
+    except OSError as e:  # name the destination, not our hidden temporary folder
+        raise type(e)(e.errno, f"{dest}: cannot write the converted checkpoint here ({e.strerror})") from None
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             ckptr.save(tmp_root / "ckpt", {"params": tree})
