@@ -307,6 +307,14 @@ def label_predictor(config: Any) -> tuple[str, Any]:
     return "model", converted.predictor(output=str(config.labels.get("predictor_output", "depth") or "depth"))
 
 
+def label_size(config: Any) -> int:
+    """The window refiner size `labels.size` (0: the training size S), a multiple of 128 (the refiner's rule)."""
+    size = int(config.labels.size or config.data.image_size)
+    if size % 128:
+        raise UserError(f"config.labels.size: the refiner works at multiples of 128, got {size}")
+    return size
+
+
 def check_label_config(config: Any) -> None:
     """Refuses label settings that cannot run, before anything is built (a UserError naming the key)."""
     c = config.labels
@@ -317,9 +325,7 @@ def check_label_config(config: Any) -> None:
     weights = str(c.get("predictor_weights", "") or "")
     if weights and not os.path.isfile(weights):
         raise UserError(f"config.labels.predictor_weights {weights}: no such file")
-    size = int(c.size or config.data.image_size)
-    if size % 128:
-        raise UserError(f"config.labels.size: the refiner works at multiples of 128, got {size}")
+    label_size(config)
     if str(c.get("edge_from", "gradients")) not in ("gradients", "depth"):
         raise UserError(f"config.labels.edge_from: expected 'gradients' (G_S) or 'depth' (G(D_S)), got "
                         f"{c.edge_from!r}")
@@ -358,13 +364,10 @@ def label_options(config: Any) -> dict[str, Any]:
     loss reads them (`paper`).
     """
     c = config.labels
-    s = int(config.data.image_size)
     kind, _ = label_predictor_kind(config)
     train_res = simulated_options(config)["train_res"] if kind == "simulated" else 518
     num_regions = int(c.num_regions) if config.loss.name == "paper" else 0
-    size = int(c.size or s)
-    if size % 128:
-        raise UserError(f"labels.size: the refiner works at multiples of 128, got {size}")
+    size = label_size(config)
     return dict(
         schedule=tuple(tuple(x) for x in c.schedule), size=size, blend=c.blend,
         resolution=c.resolution, base_resolution=int(c.base_resolution or train_res),
