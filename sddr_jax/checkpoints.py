@@ -25,17 +25,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from sddr_jax import convert
+from sddr_jax.caches import cache_dir
 from sddr_jax.errors import UserError, storage_problem
 from sddr_jax.models.refiner import check_params, model_config_dict
 
 # Items of a training checkpoint step (training/checkpointing.py writes them).
 STATE, TEACHER, DATA, CONFIG = "state", "teacher", "data", "config"
 CHECKPOINTS, BEST = "checkpoints", "best"
-
-
-def cache_dir() -> pathlib.Path:
-    """Where converted official checkpoints are cached: $SDDR_JAX_CACHE, else ~/.cache/sddr_jax."""
-    return pathlib.Path(os.environ.get("SDDR_JAX_CACHE") or "~/.cache/sddr_jax").expanduser()
 
 
 def file_digest(path: str | os.PathLike) -> str:

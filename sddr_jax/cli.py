@@ -10,6 +10,9 @@ Modules are imported only when their subcommand runs, so `sddr-jax --help` stays
 broken optional dependency of one command never breaks another. User errors are raised as
 `sddr_jax.errors.UserError` (or ValueError / FileNotFoundError from the boundary checks) and are
 printed as one line `sddr-jax <command>: error: ...` with exit code 2.
+
+Every command turns on JAX's persistent compilation cache (sddr_jax/caches.py: ~/.cache/sddr_jax/xla) before
+it compiles anything; `--no-compile-cache` or `SDDR_JAX_COMPILE_CACHE=off` turn it off.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 from typing import Sequence
 
 from sddr_jax import __version__
+from sddr_jax.caches import enable_compile_cache
 from sddr_jax.errors import UserError
 
 # name -> (module, one-line help). The order is the order shown by --help.
@@ -81,12 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     cmd_parser = argparse.ArgumentParser(prog=f"sddr-jax {name}", description=help_text)
     module.add_arguments(cmd_parser)
+    cmd_parser.add_argument("--no-compile-cache", action="store_true",
+                            help="do not read or write compiled programs in the compilation cache "
+                                 "(default: on, in $SDDR_JAX_COMPILE_CACHE or ~/.cache/sddr_jax/xla; "
+                                 "SDDR_JAX_COMPILE_CACHE=off turns it off too)")
     if hasattr(module, "parse_extra"):  # a command that takes free-form options (train's --config.KEY=VALUE)
         args, extra = cmd_parser.parse_known_args(rest)
         module.parse_extra(args, extra, cmd_parser)
     else:
         args = cmd_parser.parse_args(rest)
     try:
+        if not args.no_compile_cache:
+            enable_compile_cache()
         return int(module.run(args) or 0)
     except (UserError, ValueError, OSError) as e:
         # Expected failures (bad input, paths that do not exist or cannot be written, a full disk) end in one

@@ -11,6 +11,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tempfile  # noqa: E402
 
 os.environ.setdefault("SDDR_JAX_CACHE", tempfile.mkdtemp(prefix="sddr_jax_cache_"))
+# One persistent compilation cache for the whole suite: the xdist workers, the CLI subprocesses and the notebook
+# kernels compile the same refiner, training and label programs, and each is compiled once (JAX keys the
+# entries on the program, the 8 simulated devices and the XLA flags). It lives under pytest's cache folder,
+# never in the user's ~/.cache/sddr_jax/xla; the file lock of a bounded cache serialises the processes' writes.
+_XLA_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+                          "sddr_jax_xla")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("SDDR_JAX_COMPILE_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import pathlib  # noqa: E402
 

@@ -271,6 +271,18 @@ def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
                      "--output", str(report)]) == 0
     summary = json.loads(report.with_name(report.name + ".json").read_text())["summary"]
     assert set(summary) == {"refined", "low", "high"} and 0 < summary["refined"]["delta1"] <= 1
+    # A finished run answers at once: nothing is trained, evaluated or written again.
+    import contextlib
+    import io as _io
+
+    files = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir",
+                         str(workdir), f"--config.data.data_dir={data_dir}"]) == 0
+    assert "already trained to step 6 (train.num_steps); nothing to do" in out.getvalue()
+    assert "refined" in out.getvalue()
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == files
     # A finished run is not relabelled by a config with fewer steps.
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     assert cli.main(["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir", str(workdir),
@@ -278,9 +290,6 @@ def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
     assert json.loads((workdir / "result.json").read_text())["step"] == 6
     # ... nor by another schedule (here: where phase 1 ends), unless asked explicitly
-    import contextlib
-    import io as _io
-
     buf = _io.StringIO()
     with contextlib.redirect_stderr(buf):
         assert cli.main(["train", "--config", str(REPO / "configs/synthetic.py") + ":tiny", "--workdir",

@@ -45,11 +45,17 @@ def run(args) -> int:
     if args.init_from:
         config.init_from = args.init_from
     result = training.train_and_evaluate(config, args.workdir)
-    print(f"trained {result['step']} steps -> {args.workdir}")
+    if result.get("already_trained"):
+        print(f"{args.workdir}: already trained to step {result['step']} (train.num_steps); nothing to do. "
+              "Its held-out evaluation, as saved:")
+    else:
+        print(f"trained {result['step']} steps -> {args.workdir}")
     ev = result.get("eval") or {}
     keys = ("abs_rel", "delta1", "ord_boost", "d3r")
     if ev:
         print(f"{'held-out':10s}" + "".join(f"{k:>11s}" for k in keys))
-        for name, m in ev.items():
+        order = ("refined", "low", "high")
+        for name in sorted(ev, key=lambda n: (order.index(n) if n in order else len(order), n)):
+            m = ev[name]
             print(f"{name:10s}" + "".join(f"{m.get(k, float('nan')):11.4f}" for k in keys))
     return 0

@@ -15,6 +15,7 @@ from sddr_jax.training.train import (
     TrainState,
     create_train_state,
     eval_body,
+    finished_run,
     initial_params,
     make_optimizer,
     make_schedule,
@@ -27,7 +28,7 @@ from sddr_jax.training.train import (
 
 __all__ = [
     "AXIS", "PARALLEL_MODES", "MetricLog", "Placement", "TrainState", "allgather_json", "check_config",
-    "create_train_state", "default_config", "edge_labels", "eval_body", "initial_params", "label_body",
+    "create_train_state", "default_config", "edge_labels", "eval_body", "finished_run", "initial_params", "label_body",
     "label_options", "load_config", "make_mesh", "make_optimizer", "make_schedule", "make_train_step",
     "maybe_initialize_distributed", "nonfinite_counts", "parallelize", "train_and_evaluate", "train_step",
 ]

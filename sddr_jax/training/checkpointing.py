@@ -282,7 +282,15 @@ class Checkpointer:
         self._best.reload()
         return self._best.best_step()
 
-    def _check(self, manager, step: int, target_state: Any) -> set[str]:
+    def check_config(self, step: int | None = None) -> None:
+        """Refuses (UserError) a config that differs from the one checkpoint `step` (default: the latest) was
+        written with: an incompatible one, or another schedule unless `train.allow_schedule_change`."""
+        self._manager.reload()
+        step = self._manager.latest_step() if step is None else step
+        if step is not None:
+            self._check_config(self._manager, step)
+
+    def _check_config(self, manager, step: int) -> set[str]:
         directory = manager.directory / str(step)
         present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
         if CONFIG in present:
@@ -299,6 +307,11 @@ class Checkpointer:
                     f"checkpoint {directory} was trained with another schedule (" + "; ".join(diffs)
                     + "): resuming would relabel its steps. Use a new --workdir, set these values back, or pass "
                     "--config.train.allow_schedule_change=True to continue it on purpose.")
+        return present
+
+    def _check(self, manager, step: int, target_state: Any) -> set[str]:
+        present = self._check_config(manager, step)
+        directory = manager.directory / str(step)
         meta = manager.item_metadata(step)[STATE]
         tree = getattr(meta, "tree", meta)
         diffs = _structure_differences(tree, target_state)

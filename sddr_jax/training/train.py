@@ -9,6 +9,7 @@ self-distillation rounds, evaluation, logs and checkpoints (resumed automaticall
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import pathlib
@@ -234,6 +235,33 @@ def initial_params(config: Any, model, seed: int) -> Any:
     return jax.tree.map(lambda a: np.asarray(a, np.float32), loaded)
 
 
+def finished_run(config: Any, workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved result of `workdir` when it is a run of this config already trained to `train.num_steps`
+    (its latest checkpoint is that step and its result.json was written after it), with
+    `already_trained=True`; else None. A config the checkpoint refuses raises, as a resume would."""
+    if jax.process_count() > 1:  # every process must take the same path; result.json is process 0's
+        return None
+    workdir = pathlib.Path(workdir).absolute()
+    num_steps = int(config.train.num_steps)
+    try:
+        result = json.loads((workdir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("step") != num_steps or not result.get("eval"):
+        return None
+    if not (workdir / "checkpoints" / str(num_steps)).is_dir():
+        return None
+    ckpt = checkpointing.Checkpointer(workdir, config, save_every=max(int(config.train.checkpoint_every), 1),
+                                      keep=max(int(config.train.keep_checkpoints), 1), async_save=False)
+    try:
+        if ckpt.latest_step() != num_steps:
+            return None
+        ckpt.check_config(num_steps)
+    finally:
+        ckpt.close()
+    return {**result, "already_trained": True}
+
+
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains the refiner with self-distillation (docs/method.md §10) and evaluates it; resumes from `workdir`.
 
@@ -241,13 +269,18 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     G_S from a teacher, a frozen copy of the params taken at gt_only_steps and every label_refresh_steps after;
     labels are recomputed on device for every batch from the teacher (see docs/training.md).
     Returns {'step', 'train': last logged train metrics, 'eval': last evaluation (per prediction name)}.
+    A workdir already trained to train.num_steps is not touched: its saved result comes back at once, with
+    'already_trained': True (`finished_run`).
     """
     maybe_initialize_distributed(config)
     check_config(config)
     workdir = pathlib.Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     t = config.train
     num_steps, gt_steps, refresh = int(t.num_steps), int(t.gt_only_steps), int(t.label_refresh_steps)
+    finished = finished_run(config, workdir)
+    if finished is not None:  # nothing to train: answer at once, without building the model or the data
+        return finished
+    workdir.mkdir(parents=True, exist_ok=True)
     # Model, optimizer, state.
     model = build_refiner(config.model)
     loss_fn = losses.get_loss(config.loss.name)
