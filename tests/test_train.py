@@ -299,3 +299,17 @@ def _tiny_checkpoint_through_the_cli(workdir, data_dir, root):
     assert "another schedule (train.gt_only_steps: checkpoint 3, config 5)" in err and "allow_schedule_change" in err
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 
+
+
+def test_finished_demo_is_not_retrained(tmp_path, capsys):
+    from sddr_jax import cli
+
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "metrics.md").write_text("| | refined (ours) |\n|---|---|\n| δ1 | **0.95** |\n")
+    (out / "metrics.json").write_text(json.dumps({"step": 140, "eval": {"refined": {"delta1": 0.95}}}))
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "already trained to step 140; nothing was trained or evaluated again" in said
+    assert "| δ1 | **0.95** |" in said
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]

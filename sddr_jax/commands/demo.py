@@ -8,7 +8,8 @@
 4. writes `demo_out/`: `metrics.md` / `metrics.json`, `panels/*.png` (RGB | low | high | refined | ground
    truth | error maps | G_S | soft masks), `training_curve.png`, and the run (checkpoints, logs) in `run/`.
 
-Re-running resumes an unfinished run in the same folder; a finished one is refused unless `--overwrite`.
+Re-running resumes an unfinished run in the same folder. A finished one is not retrained: the demo says to which
+step it was trained and prints its saved table; `--overwrite` trains it again from scratch.
 """
 from __future__ import annotations
 
@@ -42,13 +43,22 @@ def default_config_path() -> pathlib.Path:
     return pathlib.Path(sddr_jax_configs.__file__).parent / "synthetic.py"
 
 
+def _finished(out: pathlib.Path) -> str | None:
+    """What to say about a finished demo in `out` (its metrics.md and metrics.json are there), else None."""
+    try:
+        table = (out / "metrics.md").read_text()
+        step = json.loads((out / "metrics.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (f"sddr-jax demo: {out} is already trained to step {step}; nothing was trained or evaluated again "
+            f"(--overwrite, or make demo DEMO_ARGS=--overwrite, runs it again from scratch). Its saved table:\n\n"
+            f"{table}")
+
+
 def _prepare_out(out: pathlib.Path, overwrite: bool) -> None:
     from sddr_jax.io import check_writable_dir
 
     finished = (out / "metrics.md").exists()
-    if finished and not overwrite:
-        raise UserError(f"{out}: holds a finished demo (metrics.md); pass --overwrite (make demo "
-                        f"DEMO_ARGS=--overwrite) to run it again, or --out DIR for another folder")
     if finished and overwrite:
         for name in ("run", "panels", "metrics.md", "metrics.json", "training_curve.png"):
             p = out / name
@@ -69,6 +79,10 @@ def run(args) -> int:
     out = pathlib.Path(args.out).absolute()
     if args.num_panels < 0:
         raise UserError(f"--num-panels: expected a count >= 0, got {args.num_panels}")
+    said = None if args.overwrite else _finished(out)
+    if said is not None:
+        print(said)
+        return 0
     _prepare_out(out, args.overwrite)
     spec = args.config or str(default_config_path())
     config = training.load_config(spec, args.overrides)
@@ -81,6 +95,8 @@ def run(args) -> int:
 
     print("[1/4] data and training (the dataset is built on first use)", flush=True)
     result = training.train_and_evaluate(config, workdir)
+    if result.get("already_trained"):
+        print(f"      {workdir}: already trained to step {result['step']}; its saved evaluation is used", flush=True)
     summary = result["eval"]
     if not summary:
         raise UserError(f"{workdir}: training finished without an evaluation")
