@@ -62,7 +62,8 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
     import numpy as np
 
     from sddr_jax import convert
-    from sddr_jax.inference.one_stage import refine_one_stage, refiner_inference
+    from sddr_jax.inference.one_stage import _refiner_inference, refine_one_stage
+    from sddr_jax.models.refiner import model_config_dict
 
     official_state, low, high = _inputs(size)
     params = jax.device_put(convert.official_to_flax(official_state.official_state_dict(0)))
@@ -71,7 +72,8 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
     hi = jnp.asarray(high.transpose(0, 2, 3, 1))
 
     t = time.perf_counter()
-    lowered = refiner_inference.lower(params, lo, hi, dtype=dtype)
+    items = tuple(sorted(model_config_dict(None).items()))  # the jitted function behind refiner_inference
+    lowered = _refiner_inference.lower(params, lo, hi, dtype=dtype, normalize=True, model_items=items)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
@@ -398,8 +400,19 @@ def main(argv=None) -> int:
         print(f"{r['impl']:<26}{r['dtype']:<10}{r['size']:>6}{_fmt(r['compile_s']):>11}{_fmt(r['refiner_median_s']):>11}"
               f"{_fmt(r.get('one_stage_median_s')):>13}{_fmt(ratio, 'x'):>10}{_fmt(gflop):>9}{_fmt(r['peak_rss_mib']):>14}")
     print("times are medians of", args.runs, "runs after one warm-up; 'vs torch' = torch refiner time / this one")
+    summary = {}
+    for r in results:  # the summary: jax float32 refiner time / torch refiner time, per size
+        if "error" not in r:
+            r["refiner_s"] = r["refiner_median_s"]
+            if r["impl"] == "jax" and r["dtype"] == "float32" and r["size"] in torch_time:
+                summary[f"ratio_{r['size']}"] = r["refiner_median_s"] / torch_time[r["size"]]
+    load = os.getloadavg()
+    print("jax float32 / torch: " + (", ".join(f"{k.removeprefix('ratio_')}: {v:.2f}" for k, v in summary.items())
+                                     or "n/a (no torch run)")
+          + f"; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "argv": sys.argv[1:]}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, **summary, "load_average": load,
+                                               "argv": sys.argv[1:]}, indent=2))
     return 0
 
 
