@@ -7,7 +7,8 @@ The CLI turns the compilation cache on for every command (`enable_compile_cache`
 `sddr-jax refine` (or `train`, `evaluate`) of the same shapes loads its programs instead of compiling them;
 docs/benchmarks.md has the first- and second-run times. Off with `--no-compile-cache` or
 `SDDR_JAX_COMPILE_CACHE=off`; another folder with `SDDR_JAX_COMPILE_CACHE=DIR`. A JAX compilation cache the
-user configured already (`JAX_COMPILATION_CACHE_DIR`, `jax.config`) is kept as it is. The Python API never
+user configured already (`JAX_COMPILATION_CACHE_DIR`, `jax.config`) is kept as it is. A folder that cannot be
+created or written turns the cache off with one line on stderr; the command runs as without it. The Python API never
 turns it on by itself: a library does not write to the home folder unasked.
 
 Entries are keyed by JAX on the program, the devices and the XLA flags, so a stale entry is never used; the
@@ -45,7 +46,8 @@ def compile_cache_dir() -> pathlib.Path | None:
 def enable_compile_cache(path: str | os.PathLike | None = None) -> pathlib.Path | None:
     """Turns on JAX's persistent compilation cache in `path` (default: `compile_cache_dir()`); returns the
     folder in use, or None when it is off. A cache folder already set in JAX's config is left in place (and
-    returned). Call it before the first compilation."""
+    returned). Call it before the first compilation. Raises OSError when the folder cannot be created or
+    written (nothing is changed then)."""
     import jax
 
     current = jax.config.jax_compilation_cache_dir
@@ -54,6 +56,9 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> pathlib.Path 
     folder = pathlib.Path(path).expanduser() if path is not None else compile_cache_dir()
     if folder is None:
         return None
+    folder.mkdir(parents=True, exist_ok=True)  # OSError here: the caller decides (the CLI runs without it)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(folder))
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
     # A bounded folder needs JAX's file lock (the `filelock` package, a dependency); it also serialises the

@@ -96,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = cmd_parser.parse_args(rest)
     try:
         if not args.no_compile_cache:
-            enable_compile_cache()
+            try:
+                enable_compile_cache()
+            except OSError as e:  # a cache is a convenience: say why it is off, and go on without it
+                print(f"sddr-jax {name}: compilation cache off ({_one_line(e)})", file=sys.stderr)
         return int(module.run(args) or 0)
     except (UserError, ValueError, OSError) as e:
         # Expected failures (bad input, paths that do not exist or cannot be written, a full disk) end in one

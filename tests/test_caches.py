@@ -69,3 +69,10 @@ def test_second_refine_loads_its_programs_from_the_cache(refine_inputs):
     empty = d / "unused"
     _refine(d, "e.npy", empty, "--no-compile-cache")
     assert _entries(empty) == []
+    # A folder that cannot be made: one line says the cache is off, and the command still works.
+    blocker = d / "a_file"
+    blocker.write_text("")
+    log6, sixth = _refine(d, "f.npy", blocker / "xla")
+    assert f"sddr-jax refine: compilation cache off ({blocker / 'xla'}:" in log6
+    assert "Error reading persistent compilation cache" not in log6
+    np.testing.assert_array_equal(first, sixth)
