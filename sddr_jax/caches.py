@@ -21,7 +21,7 @@ import os
 import pathlib
 
 COMPILE_CACHE_ENV = "SDDR_JAX_COMPILE_CACHE"
-_OFF = ("0", "off", "false", "no", "none")
+_OFF = ("", "0", "off", "false", "no", "none")
 # Programs that compile faster than this are not worth a file (JAX's default is 1 s).
 COMPILE_CACHE_MIN_SECONDS = 0.5
 COMPILE_CACHE_MAX_BYTES = 4 << 30
@@ -37,7 +37,7 @@ def compile_cache_dir() -> pathlib.Path | None:
     no or none), else `cache_dir()/xla`."""
     value = os.environ.get(COMPILE_CACHE_ENV)
     if value is not None:
-        if value.strip().lower() in _OFF or not value.strip():
+        if value.strip().lower() in _OFF:
             return None
         return pathlib.Path(value).expanduser()
     return cache_dir() / "xla"

@@ -282,13 +282,10 @@ class Checkpointer:
         self._best.reload()
         return self._best.best_step()
 
-    def check_config(self, step: int | None = None) -> None:
-        """Refuses (UserError) a config that differs from the one checkpoint `step` (default: the latest) was
-        written with: an incompatible one, or another schedule unless `train.allow_schedule_change`."""
-        self._manager.reload()
-        step = self._manager.latest_step() if step is None else step
-        if step is not None:
-            self._check_config(self._manager, step)
+    def check_config(self, step: int) -> None:
+        """Refuses (UserError) a config that differs from the one checkpoint `step` was written with: an
+        incompatible one, or another schedule unless `train.allow_schedule_change`."""
+        self._check_config(self._manager, step)
 
     def _check_config(self, manager, step: int) -> set[str]:
         directory = manager.directory / str(step)
