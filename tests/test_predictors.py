@@ -14,6 +14,9 @@ from sddr_jax.inference.predictors import (
     PrecomputedPredictor,
     Predictor,
     SimulatedPredictor,
+    make_predictor,
+    predictor_names,
+    register_predictor,
     stack_maps,
 )
 
@@ -80,5 +83,52 @@ def test_simulated_predictor_wraps_noise_model():
     np.testing.assert_allclose(np.asarray(f(pred, gt)), np.asarray(out))  # fixed key: deterministic
     other = f(pred.replace(key=jax.random.PRNGKey(4)), gt)  # the key is a leaf: same compiled function
     assert np.abs(np.asarray(other) - np.asarray(out)).max() > 1e-4
-    with pytest.raises(UserError, match="depth \+ RGB"):
+    with pytest.raises(UserError, match=r"depth \+ RGB"):
         pred(jnp.zeros((1, 8, 8, 3)), 16)
+
+
+def test_predictor_registry_names_factories_and_errors(tmp_path, monkeypatch):
+    from sddr_jax.inference import predictors as P
+
+    monkeypatch.setattr(P, "_REGISTRY", dict(P._REGISTRY))  # registrations stay inside this test
+    assert {"depth-anything-v2", "depth-anything-v2-small", "depth-anything-v2-base",
+            "depth-anything-v2-large"} <= set(predictor_names())
+    seen = {}
+
+    def factory(weights, **options):
+        seen.update(weights=weights, **options)
+        return lambda image, size: resize_bilinear(image[..., :1], (size, size)) * 2.0
+
+    register_predictor("double", factory)
+    pred = make_predictor("double", "w.bin", output="disparity", dtype=None)
+    assert seen == {"weights": "w.bin", "output": "disparity", "dtype": None}
+    img = jnp.full((1, 8, 8, 3), 0.25)
+    np.testing.assert_allclose(np.asarray(pred(img, 4)), 0.5)
+    with pytest.raises(UserError, match="'double' is already registered"):
+        register_predictor("double", factory)
+    register_predictor("double", lambda w, **o: pred, overwrite=True)
+    with pytest.raises(UserError, match="without ':'"):
+        register_predictor("a:b", factory)
+    with pytest.raises(UserError, match="must be callable"):
+        register_predictor("nope", 3)
+    with pytest.raises(UserError, match=r"predictor 'missing': expected one of \[.*'double'"):
+        make_predictor("missing")
+    with pytest.raises(UserError, match="needs its weights"):
+        make_predictor("depth-anything-v2-small")
+    # "package.module:factory" imports the factory
+    (tmp_path / "my_predictors.py").write_text(
+        "def build(weights, **options):\n"
+        "    return lambda image, size: image[..., :1]\n"
+        "BAD = 3\n"
+        "def not_a_predictor(weights, **options):\n"
+        "    return 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert callable(make_predictor("my_predictors:build"))
+    with pytest.raises(UserError, match="cannot import module 'no_such_mod'"):
+        make_predictor("no_such_mod:build")
+    with pytest.raises(UserError, match="has no 'missing'"):
+        make_predictor("my_predictors:missing")
+    with pytest.raises(UserError, match="'BAD' is not callable"):
+        make_predictor("my_predictors:BAD")
+    with pytest.raises(UserError, match="returned str, not a predictor"):
+        make_predictor("my_predictors:not_a_predictor")

@@ -142,3 +142,58 @@ def test_refine_cli(params, pair, official_state, tmp_path, capsys):
     cv2.imwrite(str(rgb), np.zeros((50, 70, 3), np.uint8))
     assert cli.main(args + ["--overwrite", "--rgb", str(rgb)]) == 0
     assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape == (50, 70)
+
+
+@pytest.mark.slow
+def test_refine_cli_two_stage_with_a_predictor(params, official_state, tmp_path, capsys):
+    """`refine --two-stage --predictor`: RGB in, the predictor on every window; the file equals the API's map."""
+    import jax
+
+    from sddr_jax.commands.predict import read_rgb
+    from sddr_jax.convert.depth_anything import export_original_state_dict
+    from sddr_jax.inference.two_stage import refine_two_stage
+    from sddr_jax.models.depth_anything import CONFIGS, DepthAnythingPredictor, init_params
+
+    small = CONFIGS["small"]
+    da = jax.tree_util.tree_map(np.asarray, init_params(small, 1))
+    da["depth_head"]["output_conv2_2"]["bias"] = np.ones(1, np.float32)  # past the final ReLU: informative maps
+    weights = tmp_path / "depth_anything_v2_vits.pth"
+    save_torch_file(export_original_state_dict(da, small), weights)
+    ckpt = tmp_path / "model.pt"
+    save_torch_file({"net": collections.OrderedDict(official_state.official_state_dict(0))}, ckpt)
+    rgb_dir = tmp_path / "rgb"
+    rgb_dir.mkdir()
+    rng = np.random.RandomState(7)
+    for name in ("a", "b"):  # one shape: one compile
+        img = cv2.GaussianBlur((rng.rand(96, 128, 3) * 255).astype(np.uint8), (0, 0), 3)
+        cv2.imwrite(str(rgb_dir / f"{name}.png"), img)
+    opts = ["--size", str(S), "--global-sizes", "28", "56", "--base-resolution", "0"]
+    base = ["refine", "--checkpoint", str(ckpt), "--two-stage", "--predictor", "depth-anything-v2-small",
+            "--predictor-weights", str(weights)]
+    out = tmp_path / "a.png"
+    assert cli.main(base + ["--rgb", str(rgb_dir / "a.png"), "--output", str(out)] + opts) == 0
+    assert "predictor depth-anything-v2-small on every window" in capsys.readouterr().out
+    predictor = DepthAnythingPredictor(da, small, output="depth", pos_embed_mode="original")
+    rgb = read_rgb(str(rgb_dir / "a.png")).astype(np.float32)
+    want = np.asarray(refine_two_stage(params, rgb[None], predictor, size=S, global_sizes=(28, 56),
+                                       base_resolution=0))[0, ..., 0]
+    got = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert got.dtype == np.uint16 and got.shape == (96, 128)
+    assert np.abs(got.astype(np.int64) - io.to_uint_official(want)).max() <= 2
+    assert want.std() > 1e-3  # an informative map, not a constant
+    # a folder of images, raw maps and previews
+    folder = tmp_path / "out"
+    assert cli.main(base + ["--rgb", str(rgb_dir), "--output", str(folder), "--format", "npy", "--preview"]
+                    + opts) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["a.npy", "a_preview.png", "b.npy", "b_preview.png"]
+    np.testing.assert_allclose(io.read_depth(folder / "a.npy"), want, atol=1e-5)
+    # errors at the boundary, one line each (exit 2)
+    capsys.readouterr()
+    assert cli.main(base[:3] + base[4:] + ["--rgb", str(rgb_dir), "--output", str(tmp_path / "x")] + opts) == 2
+    assert "--predictor depth-anything-v2-small: a predictor runs on the windows of --two-stage" in \
+        capsys.readouterr().err
+    wrong = [a.replace("-small", "-base") for a in base]
+    assert cli.main(wrong + ["--rgb", str(rgb_dir), "--output", str(tmp_path / "y")] + opts) == 2
+    assert "not 'depth-anything-v2-base'" in capsys.readouterr().err
+    assert cli.main(base + ["--rgb", str(rgb_dir / "a.png"), "--output", str(out)] + opts) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -127,15 +127,44 @@ def sequential(images):
 
 def test_batched_two_stage_equals_sequential(images, sequential):
     with jax.default_matmul_precision("highest"):
-        host = np.asarray(refine_two_stage(PARAMS, images, toy_predictor, refiner_fn=toy_refiner, **OPTS))
-        graph = np.asarray(refine_two_stage(PARAMS, images, toy_predictor, refiner_fn=toy_refiner,
-                                            plan_on_host=False, **OPTS))
-    assert host.shape == (2, H, WD, 1)
-    np.testing.assert_allclose(host[..., 0], sequential, atol=2e-5)
-    np.testing.assert_allclose(graph[..., 0], sequential, atol=2e-5)
+        graph = np.asarray(refine_two_stage(PARAMS, images, toy_predictor, refiner_fn=toy_refiner, **OPTS))
+        host = np.asarray(refine_two_stage(PARAMS, images, toy_predictor, refiner_fn=toy_refiner,
+                                           plan_on_host=True, **OPTS))
+        grouped = np.asarray(refine_two_stage(PARAMS, images, toy_predictor, refiner_fn=toy_refiner,
+                                              window_batch=None, **OPTS))
+    assert graph.shape == (2, H, WD, 1)
+    for out in (graph, host, grouped):
+        np.testing.assert_allclose(out[..., 0], sequential, atol=2e-5)
     # the resolution levels really differ between windows (the grouping is exercised)
     lv = W.resolution_factors_host(sequential[0], W.window_grid(H, WD, 3, 0.25))
     assert len(set(lv.tolist())) > 1
+
+
+def test_two_stage_runs_the_predictor_once_per_window_at_its_resolution(images):
+    """A predictor that logs every call it really executes (a host callback: under jit only the branch that
+    runs calls back): one call per window and per global size, at the resolutions the sequential port of the
+    official loop picks; no candidate resolution is predicted and thrown away."""
+    calls = []
+
+    def logging_predictor(image, size):
+        crop = image.shape[1]  # static: the window height tells the step
+        jax.debug.callback(lambda x, size=size: calls.append((crop, size, int(x.shape[0]))), image[:, 0, 0, 0])
+        return toy_predictor(image, size)
+
+    # base resolution 32: the candidates differ within a step (96/128 for 2x2, 64/96 for 3x3)
+    opts = dict(OPTS, base_resolution=32, global_sizes=(40, 200))
+    sequential_two_stage(PARAMS, images[0], logging_predictor, toy_refiner, SCHEDULE, S, 32, (40, 200))
+    want = sorted(calls)
+    per_step = {}
+    for crop, size, _ in calls[2:]:
+        per_step.setdefault(crop, set()).add(size)
+    calls.clear()
+    out = refine_two_stage(PARAMS, images[:1], logging_predictor, refiner_fn=toy_refiner, **opts)
+    jax.block_until_ready(out)
+    assert len(want) == 2 + 4 + 9 and all(n == 1 for *_, n in want)
+    assert sorted(calls) == want
+    # a step whose windows run at different resolutions, so a wrong choice would show
+    assert max(len(v) for v in per_step.values()) >= 2, per_step
 
 
 def test_two_stage_inside_jit(images, sequential):
@@ -283,14 +312,12 @@ def test_real_refiner_batched_step_equals_sequential(images, sequential):
     ])
     base = sequential[:1, ..., None].astype(np.float32)
     wins = W.window_grid(H, WD, 2, 0.2)
-    levels = W.resolution_factors_host(base[0, ..., 0], wins)
-    plan = (tuple(W.adaptive_resolution(w.shape, W.RESOLUTION_FACTORS[lv], 0)
-                  for w, lv in zip(wins, levels)),)
+    levels = W.resolution_factors_host(base[0, ..., 0], wins)[None]
     dyn, static = partition_predictor(toy_predictor)
     with jax.default_matmul_precision("highest"):
         out = np.asarray(two_stage_step(
-            params, jnp.asarray(images[:1]), jnp.asarray(base), dyn, pred_static=static, windows=wins,
-            size=128, refiner_fn=official_refiner, blend="official", plan=plan,
+            params, jnp.asarray(images[:1]), jnp.asarray(base), jnp.asarray(levels), dyn, pred_static=static,
+            windows=wins, size=128, refiner_fn=official_refiner, blend="official",
             resolution_cfg=(0, 2048, False)))
         ref = sequential_two_stage(params, images[0], toy_predictor, official_refiner, ((2, 0.2),), 128, 0,
                                    (48, 96), base=base[0, ..., 0])

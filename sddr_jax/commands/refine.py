@@ -5,6 +5,9 @@ One pair:
 Folders (files matched by name) or the official demo layout (DIR/rgb, DIR/low[_RES] or DIR/<predictor>/low_RES, ...):
     sddr-jax refine --checkpoint CKPT --low LOW_DIR --high HIGH_DIR [--rgb RGB_DIR] --output OUT_DIR
     sddr-jax refine --checkpoint CKPT --input DEMO_DIR --output OUT_DIR [--two-stage] [--preview]
+Two-stage with a base predictor run on every window (RGB in; a file or a folder of images):
+    sddr-jax refine --checkpoint CKPT --two-stage --predictor depth-anything-v2-small --predictor-weights W \
+        --rgb IMAGE_OR_DIR --output OUT [--size 1024] [--schedule official|paper] [--preview]
 
 CKPT: the official `.pt` (converted on the fly, cached), a directory written by `sddr-jax convert`, or a
 training workdir. Files are read and written by extension (.npy, .png 8/16-bit, .pfm, .tif); a `.png` output
@@ -41,7 +44,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="working size S, a multiple of 128 (default 2048; 1024 with --two-stage)")
     parser.add_argument("--two-stage", action="store_true",
-                        help="coarse-to-fine refinement (docs/method.md §5.2) on the precomputed maps; needs the RGB size")
+                        help="coarse-to-fine refinement (docs/method.md §5.2): a global pass, then windows for which "
+                             "--predictor runs again on the RGB crop")
+    parser.add_argument("--predictor", default=None,
+                        help="two-stage base predictor: " + " | ".join(PREDICTOR_CHOICES) + " | package.module:factory "
+                             "(default: precomputed, the crops of the --low/--high maps, which add no detail)")
+    parser.add_argument("--predictor-weights", default=None,
+                        help="the predictor's weights (Depth Anything V2: model.safetensors, its folder, or the .pth)")
+    parser.add_argument("--predictor-output", choices=("depth", "disparity"), default="depth",
+                        help="what the predictor's maps mean for the refiner: depth (larger = farther, the official "
+                             "LeReS convention the refiner was trained on; default) or the network's disparity")
+    parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="official",
+                        help="two-stage window steps: official = 2x2 then 3x3 (the released code); paper = 2x2, 3x3, 4x4")
+    parser.add_argument("--resolution", choices=("adaptive", "fixed"), default="adaptive",
+                        help="window predictor resolution: the official three-level adaptive rule (default) or "
+                             "factor 1.0 for every window")
+    parser.add_argument("--global-sizes", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="predictor resolutions of the two-stage global pass (default 448 1024)")
+    parser.add_argument("--base-resolution", type=int, default=None,
+                        help="the predictor's training resolution r in the adaptive rule (default 448, LeReS)")
     parser.add_argument("--low-resolution", type=int, default=None,
                         help="resolution the low maps were predicted at (default: from a low_RES folder, else 448)")
     parser.add_argument("--preview", action="store_true",
@@ -51,6 +72,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-existing", action="store_true",
                         help="resume an interrupted folder run: keep the outputs that are complete (readable, of "
                              "the expected size) and refine only the others")
+
+
+def _schedules():
+    from sddr_jax.inference.windows import OFFICIAL_SCHEDULE, PAPER_SCHEDULE
+
+    return {"official": OFFICIAL_SCHEDULE, "paper": PAPER_SCHEDULE}
+
+
+SCHEDULES = ("official", "paper")
+PREDICTOR_CHOICES = ("precomputed", "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
+                     "depth-anything-v2")
+
+
+def uses_model_predictor(args) -> bool:
+    return args.predictor not in (None, "precomputed")
 
 
 def _compute_dtype(args):
@@ -84,7 +120,12 @@ def _demo_folders(root: Path) -> tuple[Path, Path, Path | None]:
 
 
 def plan_jobs(args) -> tuple[list[tuple[str, Path, Path, Path | None, Path]], int | None]:
-    """[(name, low, high, rgb or None, output)] and the low maps' resolution if a folder name gives it."""
+    """[(name, low, high, rgb or None, output)] and the low maps' resolution if a folder name gives it.
+
+    With a model predictor the jobs are RGB images only: [(name, None, None, rgb, output)].
+    """
+    if uses_model_predictor(args):
+        return _rgb_jobs(args), None
     if args.input:
         if args.low or args.high:
             raise UserError("--input: give either --input or --low/--high, not both")
@@ -125,6 +166,80 @@ def plan_jobs(args) -> tuple[list[tuple[str, Path, Path, Path | None, Path]], in
     return [(n, lows[n], highs[n], rgbs.get(n), out / f"{n}{ext}") for n in sorted(lows)], low_res
 
 
+def _rgb_jobs(args) -> list[tuple[str, None, None, Path, Path]]:
+    if not args.two_stage:
+        raise UserError(f"--predictor {args.predictor}: a predictor runs on the windows of --two-stage; one-stage "
+                        "refines given maps (make them with `sddr-jax predict`)")
+    if args.low or args.high or args.input:
+        raise UserError(f"--predictor {args.predictor}: takes RGB images (--rgb), not --low/--high/--input maps "
+                        "(use --predictor precomputed for those)")
+    if not args.rgb:
+        raise UserError(f"--predictor {args.predictor}: give --rgb, an image or a folder of images")
+    rgb, out = Path(args.rgb), Path(args.output)
+    if not rgb.exists():
+        raise FileNotFoundError(f"--rgb {rgb}: no such file or folder")
+    if rgb.is_file():
+        if out.is_dir():
+            raise IsADirectoryError(f"--output {out}: is a folder; give a file name for one image")
+        return [(rgb.stem, None, None, rgb, out)]
+    images = _files(rgb, RGB_EXTS)
+    if not images:
+        raise UserError(f"--rgb {rgb}: no images ({', '.join(RGB_EXTS)})")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output {out}: exists and is not a folder (folder mode writes one file per image)")
+    return [(n, None, None, images[n], out / f"{n}.{args.format}") for n in sorted(images)]
+
+
+def two_stage_options(args) -> dict:
+    """The keyword arguments of `refine_two_stage` that the command line sets."""
+    from sddr_jax.inference.two_stage import GLOBAL_SIZES
+    from sddr_jax.inference.windows import BASE_RESOLUTION
+
+    global_sizes = tuple(args.global_sizes) if args.global_sizes else GLOBAL_SIZES
+    base = BASE_RESOLUTION if args.base_resolution is None else args.base_resolution
+    if min(global_sizes) < 1:
+        raise UserError(f"--global-sizes: expected two positive resolutions, got {list(global_sizes)}")
+    if base < 0:
+        raise UserError(f"--base-resolution: expected a resolution >= 0, got {base}")
+    return dict(schedule=_schedules()[args.schedule], size=args.size, resolution=args.resolution,
+                global_sizes=global_sizes, base_resolution=base)
+
+
+def _refiner_fn(args, model_config):
+    import dataclasses
+
+    from sddr_jax.inference.one_stage import RefinerFn
+
+    fn = RefinerFn.from_config(model_config)
+    return dataclasses.replace(fn, dtype="bfloat16") if args.bf16 else fn
+
+
+def refine_rgb(args, params, predictor, rgb_path, out_path, model_config=None) -> np.ndarray:
+    """Two-stage refinement of one RGB image with a model predictor; writes the map (and its preview)."""
+    from sddr_jax import io
+    from sddr_jax.commands.predict import read_rgb
+    from sddr_jax.inference.two_stage import refine_two_stage
+
+    rgb = read_rgb(str(rgb_path)).astype(np.float32)
+    io.check_image_size(rgb.shape[0], rgb.shape[1], f"--rgb {rgb_path}")
+    out = refine_two_stage(params, rgb[None], predictor, refiner_fn=_refiner_fn(args, model_config),
+                           return_global=True, **two_stage_options(args))
+    refined = np.asarray(out["depth"])[0, ..., 0]
+    replace = args.overwrite or getattr(args, "skip_existing", False)
+    io.write_depth(out_path, refined, overwrite=replace)
+    if args.preview:
+        import cv2
+
+        from sddr_jax import viz
+
+        high = cv2.resize(np.asarray(out["high"])[0, ..., 0], (rgb.shape[1], rgb.shape[0]),
+                          interpolation=cv2.INTER_LINEAR)
+        size = two_stage_options(args)["global_sizes"][1]
+        viz.save_panels(_preview_path(out_path), {"rgb": rgb, f"predictor at {size}": high, "refined": refined},
+                        overwrite=replace)
+    return refined
+
+
 def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: int,
                 model_config=None) -> np.ndarray:
     """Refine one pair and write it (and its preview); returns the refined map."""
@@ -140,7 +255,6 @@ def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: 
     if args.two_stage:
         import jax.numpy as jnp
 
-        from sddr_jax.inference.one_stage import RefinerFn
         from sddr_jax.inference.predictors import PrecomputedPredictor, stack_maps
         from sddr_jax.inference.two_stage import refine_two_stage
         from sddr_jax.ops import minmax_normalize
@@ -149,8 +263,8 @@ def refine_pair(args, params, low_path, high_path, rgb_path, out_path, low_res: 
             return minmax_normalize(jnp.asarray(a, jnp.float32)[None, ..., None])
 
         image = stack_maps(norm(low), norm(high), *out_hw)
-        refined = refine_two_stage(params, image, PrecomputedPredictor(low_resolution=low_res), size=args.size,
-                                   refiner_fn=RefinerFn.from_config(model_config))
+        refined = refine_two_stage(params, image, PrecomputedPredictor(low_resolution=low_res),
+                                   refiner_fn=_refiner_fn(args, model_config), **two_stage_options(args))
         refined = np.asarray(refined)[0, ..., 0]
     else:
         refined = refine_one_stage(params, low, high, size=args.size, out_hw=out_hw, dtype=_compute_dtype(args),
@@ -188,7 +302,26 @@ def _preview_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + "_preview.png")
 
 
+def _load_predictor(args):
+    """The model predictor of --predictor (None for precomputed maps), checked before anything is computed."""
+    if not uses_model_predictor(args):
+        if args.predictor_weights:
+            raise UserError("--predictor-weights: given without a model --predictor")
+        return None
+    import jax.numpy as jnp
+
+    from sddr_jax.inference.predictors import make_predictor
+
+    weights = args.predictor_weights
+    if weights and not Path(weights).exists():
+        raise FileNotFoundError(f"--predictor-weights {weights}: no such file or folder")
+    return make_predictor(args.predictor, weights, output=args.predictor_output,
+                          dtype=jnp.bfloat16 if args.bf16 else None)
+
+
 def run(args) -> int:
+    import sys
+
     from sddr_jax.checkpoints import load_refiner
     from sddr_jax.io import check_writable_dir
     from sddr_jax.inference.one_stage import check_size
@@ -200,6 +333,8 @@ def run(args) -> int:
     low_res = args.low_resolution or folder_res or 448
     if args.two_stage and low_res <= 0:
         raise UserError(f"--low-resolution: expected a positive resolution, got {low_res}")
+    if args.two_stage:
+        two_stage_options(args)
     if args.skip_existing and args.overwrite:
         raise UserError("--skip-existing and --overwrite: choose one (keep finished outputs, or replace them)")
     skipped = 0
@@ -218,18 +353,35 @@ def run(args) -> int:
         check_writable_dir(Path(args.output), "--output")
     else:
         check_writable_dir(jobs[0][4].parent, "--output folder")
+    predictor = _load_predictor(args)
+    if args.two_stage and predictor is None:
+        print("sddr-jax refine: --two-stage on precomputed maps: the windows are crops of the stored --low/--high "
+              "maps and add no detail; pass --predictor NAME to run a predictor on every window", file=sys.stderr)
     params, model_config = load_refiner(args.checkpoint)
-    mode = f"two-stage (S={args.size}, low maps at {low_res})" if args.two_stage else f"one-stage (S={args.size})"
     kept = f" (kept {skipped} complete outputs)" if skipped else ""
+    if predictor is not None:
+        mode = f"two-stage (S={args.size}, {args.schedule} schedule, predictor {args.predictor} on every window)"
+    elif args.two_stage:
+        mode = f"two-stage (S={args.size}, {args.schedule} schedule, precomputed maps, low at {low_res})"
+    else:
+        mode = f"one-stage (S={args.size})"
+
+    def one(job):
+        _, lo, hi, rgb, out = job
+        # An output left incomplete by an interrupted run (only possible through --skip-existing) is replaced.
+        if predictor is not None:
+            return refine_rgb(args, params, predictor, rgb, out, model_config)
+        return refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
+
     if len(jobs) == 1:
-        name, lo, hi, rgb, out = jobs[0]
-        refined = refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
-        print(f"refined {lo} + {hi}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]}){kept}")
+        _, lo, hi, rgb, out = jobs[0]
+        refined = one(jobs[0])
+        source = rgb if predictor is not None else f"{lo} + {hi}"
+        print(f"refined {source}, {mode} -> {out} ({refined.shape[0]}x{refined.shape[1]}){kept}")
         return 0
     from tqdm.auto import tqdm
 
-    for name, lo, hi, rgb, out in tqdm(jobs, desc="refine", unit="map"):
-        # An output left incomplete by an interrupted run (only possible through --skip-existing) is replaced.
-        refine_pair(args, params, lo, hi, rgb, out, low_res, model_config)
+    for job in tqdm(jobs, desc="refine", unit="map"):
+        one(job)
     print(f"refined {len(jobs)} maps, {mode} -> {args.output}{kept}")
     return 0

@@ -179,6 +179,94 @@ class ModelPredictor:
         return y
 
 
+# ----------------------------------------------------------------------------------------------------
+# the predictor registry: names for the CLI (`sddr-jax refine --predictor NAME`) and for `make_predictor`
+
+# factory(weights, **options) -> predictor; options: output ("depth" | "disparity") and dtype.
+PredictorFactory = Callable[..., Any]
+_REGISTRY: dict[str, PredictorFactory] = {}
+
+
+def register_predictor(name: str, factory: PredictorFactory, *, overwrite: bool = False) -> None:
+    """Register `factory(weights, **options) -> predictor` under `name` (for `make_predictor` and the CLI).
+
+    `weights` is the path the user gave (or None); `options` are the keyword arguments `output` ("depth":
+    larger = farther, the official LeReS convention the refiner was trained on; "disparity") and `dtype`
+    (None or jnp.bfloat16), which a factory may ignore. The predictor must follow the predictor protocol.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise UserError(f"register_predictor: name must be a non-empty string without ':', got {name!r}")
+    if not callable(factory):
+        raise UserError(f"register_predictor {name!r}: factory must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise UserError(f"register_predictor: {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
+def predictor_names() -> list[str]:
+    """The registered predictor names."""
+    return sorted(_REGISTRY)
+
+
+def _import_factory(spec: str) -> PredictorFactory:
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"predictor {spec!r}: cannot import module {module!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"predictor {spec!r}: module {module!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"predictor {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def make_predictor(name: str, weights: str | None = None, **options: Any) -> Any:
+    """The predictor registered as `name` (`predictor_names()`), or built by `"package.module:factory"`,
+    called as factory(weights, **options)."""
+    if ":" in str(name):
+        factory = _import_factory(str(name))
+    elif name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        raise UserError(f"predictor {name!r}: expected one of {predictor_names()} or 'package.module:factory'")
+    predictor = factory(weights, **options)
+    if not callable(predictor):
+        raise UserError(f"predictor {name!r}: its factory returned {type(predictor).__name__}, not a predictor "
+                        "predict(image, size)")
+    return predictor
+
+
+def _depth_anything_factory(size: str | None) -> PredictorFactory:
+    name = "depth-anything-v2" + (f"-{size}" if size else "")
+
+    def factory(weights: str | None = None, *, output: str = "depth", dtype: Any = None) -> Any:
+        if not weights:
+            raise UserError(f"predictor {name!r}: needs its weights (a model.safetensors or .pth file, "
+                            "--predictor-weights)")
+        from sddr_jax.convert.depth_anything import load_depth_anything
+        from sddr_jax.models.depth_anything import get_config
+
+        converted = load_depth_anything(weights)
+        if size is not None:
+            wanted = get_config(size)
+            if (converted.config.dim, converted.config.depth) != (wanted.dim, wanted.depth):
+                raise UserError(f"predictor weights {weights}: hold a {converted.config.name!r} model, not {name!r}")
+        return converted.predictor(output=output, dtype=dtype)
+
+    return factory
+
+
+# Depth Anything V2 (JAX port): the sized names check the weights; "depth-anything-v2" takes any size.
+for _size in (None, "small", "base", "large"):
+    register_predictor("depth-anything-v2" + (f"-{_size}" if _size else ""), _depth_anything_factory(_size))
+del _size
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -187,4 +275,8 @@ __all__ = [
     "PrecomputedPredictor",
     "SimulatedPredictor",
     "ModelPredictor",
+    "PredictorFactory",
+    "register_predictor",
+    "predictor_names",
+    "make_predictor",
 ]

@@ -1,15 +1,13 @@
-"""Batched coarse-to-fine refinement: two-stage inference and the edge pseudo-labels G_S (docs/method.md §5.2, §5.5, §6).
+"""Coarse-to-fine refinement as one compiled program: two-stage inference (docs/method.md §5.2, §5.5).
 
-The official code refines one window at a time. Here every step's windows (of every image in the batch)
-go through ONE refiner call: the windows are cropped with static coordinates, resized to the refiner size
-S so that they share a shape, refined together, aligned, resized back and merged. The only sequential
-dependency of the official procedure is the merge order of overlapping windows; it is kept exactly by
-applying the feather blends in window order after the batched computation (`blend="official"`).
-
-Window sizes differ slightly (the flush last column/row) and the predictor resolution differs per window
-(adaptive rule), so the predictor calls are grouped: by (window height, window width, resolution) when the
-resolutions are known on the host, or, inside jit, by window shape with every candidate resolution of the
-three-level rule evaluated and the right one selected per window (see docs/windows.md).
+The official code refines one window at a time, with a host round trip per window. Here the whole pass
+(global pass and every step) is one jitted function per (image size, schedule, S): each step's adaptive
+levels are computed in-graph from the current map, and per group of windows of one shape a `lax.map` runs
+the base predictor on each window's RGB crop at that window's own resolution (`lax.switch` over the <= 3
+candidate resolutions, so no unused resolution is predicted), then the refiner, the least-squares alignment
+and the cubic resize back. The only sequential dependency of the official procedure, the merge order of
+overlapping windows, is kept exactly by applying the feather blends in window order (`blend="official"`).
+The same building blocks serve the edge pseudo-labels (`sddr_jax.training.labels`). See docs/windows.md.
 """
 from __future__ import annotations
 
@@ -20,6 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from sddr_jax.errors import UserError
 from sddr_jax.inference.one_stage import RefinerFn, handle_nonfinite, unwrap_params
@@ -123,12 +122,16 @@ def _predict(predictor: Callable, image: Array, res: int, size: int) -> Array:
     return resize_bilinear(out.astype(jnp.float32), (size, size))
 
 
-def global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
-    """docs/method.md §5.2 step 2: refine the whole image at size^2; min-max; OpenCV nearest to H x W -> base map B."""
+def _global(params, image, predictor, size, global_sizes, refiner_fn):
     low = _predict(predictor, image, global_sizes[0], size)
     high = _predict(predictor, image, global_sizes[1], size)
     d0 = refiner_fn(params, low, high)
-    return resize_cv(minmax_normalize(d0.astype(jnp.float32)), image.shape[1:3], "nearest")
+    return resize_cv(minmax_normalize(d0.astype(jnp.float32)), image.shape[1:3], "nearest"), low, high
+
+
+def global_pass(params, image, predictor, size, global_sizes, refiner_fn) -> Array:
+    """docs/method.md §5.2 step 2: refine the whole image at size^2; min-max; OpenCV nearest to H x W -> base map B."""
+    return _global(params, image, predictor, size, global_sizes, refiner_fn)[0]
 
 
 def _shape_groups(windows: Sequence[Window]) -> dict[tuple[int, int], list[int]]:
@@ -138,96 +141,119 @@ def _shape_groups(windows: Sequence[Window]) -> dict[tuple[int, int], list[int]]
     return groups
 
 
-def _highs_planned(image, predictor, windows, plan, size) -> Array:
-    """High inputs (B, N, S, S, 1) with known per-(image, window) resolutions `plan` (B x N static ints).
+def _predict_window(predictor: Callable, crop: Array, *, res: int, size: int) -> Array:
+    """The predictor on ONE window crop (h, w, C) at res^2, then R_bilinear_torch to (size, size, 1)."""
+    return _predict(predictor, crop[None], res, size)[0]
 
-    One predictor call per distinct (window height, window width, resolution).
+
+def _refine_aligned(params, refiner_fn, low, high):
+    """Refiner on a batch of windows (n, S, S, 1), each aligned by least squares to its low input (§5.2 d)."""
+    refined = refiner_fn(params, low, high).astype(jnp.float32)
+    scale, shift = align_scale_shift(refined, low)
+    return apply_scale_shift(refined, scale, shift)
+
+
+def window_patches(params, image, base, predictor, windows, levels, size, refiner_fn, resolution_cfg,
+                   window_batch=1):
+    """One coarse-to-fine step up to the merge: -> the aligned window patches (B, h_n, w_n, 1), in window order.
+
+    `levels` (B, N) int32: each (image, window)'s adaptive level (0 flat / 1 mean / 2 edge), computed in-graph
+    or on the host. Per group of windows of one shape, a `lax.map` runs over the group's (window, image)
+    pairs: the predictor on the RGB crop at the pair's own resolution only (`lax.switch` over the distinct
+    candidate resolutions of that shape: none is computed and thrown away), R_bilinear_torch to S. Then the
+    low inputs (B on the window, OpenCV nearest to S) and the high inputs go through the refiner
+    `window_batch` windows per call (`None`: all windows of the group in one call), each refined window is
+    aligned to its low input and resized back to the window with R_cv_cubic (docs/method.md §5.2 d).
     """
-    b_size, n_win = image.shape[0], len(windows)
-    groups: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
-    for b in range(b_size):
-        for n, w in enumerate(windows):
-            groups.setdefault((w.height, w.width, int(plan[b][n])), []).append((b, n))
-    outs, order = [], []
-    for (_, _, res), members in groups.items():
-        crops = jnp.stack([crop_window(image[b : b + 1], windows[n])[0] for b, n in members])
-        outs.append(_predict(predictor, crops, res, size))
-        order.extend(b * n_win + n for b, n in members)
-    highs = jnp.concatenate(outs, axis=0)
-    highs = jnp.take(highs, jnp.asarray(np.argsort(np.asarray(order))), axis=0)
-    return highs.reshape((b_size, n_win) + highs.shape[1:])
-
-
-def _highs_selected(image, predictor, windows, index, candidates, size) -> Array:
-    """High inputs (B, N, S, S, 1) when the factor level `index` (B, N) is only known in-graph.
-
-    Per window shape, the predictor runs at each distinct candidate resolution for all images and windows of
-    that shape, and each window keeps the output of its own level (static shapes, ~3x the predictor work).
-    """
-    b_size, n_win = image.shape[0], len(windows)
-    outs, order = [], []
+    b_size = base.shape[0]
+    base_res, max_res, _ = resolution_cfg
+    patches: list[Array | None] = [None] * len(windows)
     for shape, members in _shape_groups(windows).items():
-        cands = candidates[members[0]]
-        crops = jnp.stack([crop_window(image, windows[n]) for n in members], axis=1)  # (B, G, h, w, C)
-        crops = crops.reshape((-1,) + crops.shape[2:])
-        by_res = {res: _predict(predictor, crops, res, size) for res in dict.fromkeys(cands)}
-        stacked = jnp.stack([by_res[res] for res in cands])  # (levels, B*G, S, S, 1)
-        level = jnp.stack([index[:, n] for n in members], axis=1).reshape(-1)  # (B*G,)
-        chosen = jnp.take_along_axis(stacked, level[None, :, None, None, None], axis=0)[0]
-        outs.append(chosen.reshape((b_size, len(members)) + chosen.shape[1:]))
-        order.extend(members)
-    highs = jnp.concatenate(outs, axis=1)
-    if order != list(range(n_win)):
-        highs = jnp.take(highs, jnp.asarray(np.argsort(np.asarray(order))), axis=1)
-    return highs
+        g = len(members)
+        # (G * B, ...) in (window, image) order
+        crops = jnp.stack([crop_window(image, windows[n]) for n in members]).reshape((g * b_size,) + shape
+                                                                                     + image.shape[-1:])
+        lows = jnp.stack([resize_cv(crop_window(base, windows[n]), (size, size), "nearest") for n in members])
+        lows = lows.reshape((g * b_size, size, size, 1))
+        level = jnp.stack([levels[:, n] for n in members]).reshape(-1)
+        cands = candidate_resolutions(shape, base_res, max_res)
+        distinct = list(dict.fromkeys(cands))
+        branch = jnp.asarray([distinct.index(r) for r in cands], jnp.int32)
+        branches = [functools.partial(_predict_window, predictor, res=r, size=size) for r in distinct]
+
+        def predict(args, branch=branch, branches=branches):
+            crop, lv = args
+            if len(branches) == 1:
+                return branches[0](crop)
+            return lax.switch(branch[lv], branches, crop)
+
+        highs = lax.map(predict, (crops, level))
+        batch = g * b_size if window_batch is None else min(int(window_batch), g * b_size)
+        if batch >= g * b_size:
+            aligned = _refine_aligned(params, refiner_fn, lows, highs)
+            out = resize_cv(aligned, shape, "cubic")
+        else:
+            def refine(args):
+                low, high = args
+                return resize_cv(_refine_aligned(params, refiner_fn, low[None], high[None])[0], shape, "cubic")
+
+            out = lax.map(refine, (lows, highs), batch_size=batch if batch > 1 else None)
+        out = out.reshape((g, b_size) + shape + (1,))
+        for i, n in enumerate(members):
+            patches[n] = out[i]
+    return patches
 
 
-def refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg):
-    """One coarse-to-fine step up to the merge: -> list of aligned window patches (B, h_n, w_n, 1).
+def _levels(base, windows, resolution_cfg):
+    if resolution_cfg[2]:  # "fixed": factor 1.0 everywhere
+        return jnp.ones((base.shape[0], len(windows)), jnp.int32)
+    return resolution_factors(base, windows)
 
-    low input = B restricted to the window, OpenCV nearest to S (the code's rule; equal to R_nearest_torch
-    for S = 2^k); high input = predictor on the image window (resolution by the plan or the in-graph rule),
-    R_bilinear_torch to S; ONE refiner call on all B x N windows; least-squares scale/shift of each refined
-    window to its low input; R_cv_cubic back to the window size (docs/method.md §5.2 d).
-    """
-    b_size, n_win = base.shape[0], len(windows)
-    lows = jnp.stack([resize_cv(crop_window(base, w), (size, size), "nearest") for w in windows], axis=1)
-    base_res, max_res, fixed = resolution_cfg
-    cands = [candidate_resolutions(w.shape, base_res, max_res) for w in windows]
-    if plan is None and fixed:  # factor 1.0 everywhere: a static plan, one predictor call per window shape
-        plan = tuple(tuple(c[1] for c in cands) for _ in range(b_size))
-    if plan is not None:
-        highs = _highs_planned(image, predictor, windows, plan, size)
-    else:
-        index = resolution_factors(base, windows)
-        highs = _highs_selected(image, predictor, windows, index, cands, size)
-    flat = (b_size * n_win, size, size, 1)
-    refined = refiner_fn(params, lows.reshape(flat), highs.reshape(flat))
-    refined = refined.astype(jnp.float32).reshape(lows.shape)
-    scale, shift = align_scale_shift(refined, lows)
-    aligned = apply_scale_shift(refined, scale, shift)
-    # Per-window resizes: slicing windows out of one stacked resize output is ~30x slower on XLA CPU.
-    return [resize_cv(aligned[:, n], w.shape, "cubic") for n, w in enumerate(windows)]
 
+def two_stage_body(params, image, predictor, *, steps, size, global_sizes, refiner_fn, blend, resolution_cfg,
+                   window_batch=1):
+    """The whole two-stage pass (docs/method.md §5.2) as one pure function: -> (U, global low, global high)."""
+    base, low, high = _global(params, image, predictor, size, global_sizes, refiner_fn)
+    height, width = image.shape[1:3]
+    for pieces, cover in steps:
+        windows = window_grid(height, width, pieces, cover)
+        levels = _levels(base, windows, resolution_cfg)
+        patches = window_patches(params, image, base, predictor, windows, levels, size, refiner_fn,
+                                 resolution_cfg, window_batch)
+        base = blend_windows(base, patches, windows, mode=blend)
+    return base, low, high
 
 # ----------------------------------------------------------------------------------------------------
-# jitted cores
+# jitted cores: one program for the whole pass, or (plan_on_host) the global pass and one program per step
+
+
+_STATIC = ("pred_static", "steps", "size", "global_sizes", "refiner_fn", "blend", "resolution_cfg", "window_batch")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _two_stage_jit(params, image, pred_dynamic, *, pred_static, steps, size, global_sizes, refiner_fn, blend,
+                   resolution_cfg, window_batch):
+    predictor = combine_predictor(pred_dynamic, pred_static)
+    return two_stage_body(params, image, predictor, steps=steps, size=size, global_sizes=global_sizes,
+                          refiner_fn=refiner_fn, blend=blend, resolution_cfg=resolution_cfg,
+                          window_batch=window_batch)
 
 
 @functools.partial(jax.jit, static_argnames=("pred_static", "size", "global_sizes", "refiner_fn"))
-def _global_pass_jit(params, image, pred_dynamic, *, pred_static, size, global_sizes, refiner_fn):
-    return global_pass(params, image, combine_predictor(pred_dynamic, pred_static), size, global_sizes, refiner_fn)
+def _global_jit(params, image, pred_dynamic, *, pred_static, size, global_sizes, refiner_fn):
+    return _global(params, image, combine_predictor(pred_dynamic, pred_static), size, global_sizes, refiner_fn)
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("pred_static", "windows", "size", "refiner_fn", "blend", "plan", "resolution_cfg"),
+    jax.jit, static_argnames=("pred_static", "windows", "size", "refiner_fn", "blend", "resolution_cfg",
+                              "window_batch"),
 )
-def two_stage_step(
-    params, image, base, pred_dynamic, *, pred_static, windows, size, refiner_fn, blend, plan, resolution_cfg
-):
+def two_stage_step(params, image, base, levels, pred_dynamic, *, pred_static, windows, size, refiner_fn, blend,
+                   resolution_cfg, window_batch=1):
+    """One step with given levels (B, N) (a traced argument: one compilation per step, whatever the levels)."""
     predictor = combine_predictor(pred_dynamic, pred_static)
-    patches = refine_windows(params, image, base, predictor, windows, size, refiner_fn, plan, resolution_cfg)
+    patches = window_patches(params, image, base, predictor, windows, levels, size, refiner_fn, resolution_cfg,
+                             window_batch)
     return blend_windows(base, patches, windows, mode=blend)
 
 
@@ -269,46 +295,57 @@ def refine_two_stage(
     blend: str = "official",
     *,
     resolution: str = "adaptive",
-    plan_on_host: bool | None = None,
+    plan_on_host: bool = False,
     base_resolution: int = BASE_RESOLUTION,
     max_resolution: int = MAX_RESOLUTION,
     global_sizes: Sequence[int] = GLOBAL_SIZES,
     refiner_fn: RefinerCallable = official_refiner,
+    window_batch: int | None = 1,
     nonfinite: str = "error",
-) -> Array:
+    return_global: bool = False,
+) -> Array | dict[str, Array]:
     """Two-stage coarse-to-fine refinement (docs/method.md §5.2): rgb (B, H, W, C) -> refined depth (B, H, W, 1).
 
-    Global pass at `size`^2 (predictor at `global_sizes`), then for each (pieces, cover) of `schedule`
-    (official `((2, 0.2), (3, 0.25))`, paper-like `windows.PAPER_SCHEDULE`) the windows of `window_grid`
-    are refined in ONE batched refiner call against the previous step's map and merged with the feather
-    mask (`blend="official"`: the official sequential order; `"average"`: order-independent).
+    `predictor(image, res) -> (B, res, res, 1)` is the base depth predictor (sddr_jax.inference.predictors):
+    it runs on the whole image at `global_sizes` (448^2 and 1024^2) for the global pass at `size`^2, then,
+    for each (pieces, cover) of `schedule` (official `((2, 0.2), (3, 0.25))`, paper-like
+    `windows.PAPER_SCHEDULE`), on every window's RGB crop at the window's adaptive resolution; each window
+    is refined against the previous step's map, aligned and merged with the feather mask
+    (`blend="official"`: the official sequential order; `"average"`: order-independent). For a precomputed
+    predictor, `rgb` is what it reads (`stack_maps`): its window crops are crops of the stored maps, which
+    adds no detail.
 
-    resolution: "adaptive" = the official three-level rule (docs/method.md §5.2 c); "fixed" = factor 1.0 everywhere.
-    plan_on_host: where the adaptive levels are computed. True: on the host (exact official float64
-    Sobel/percentile), each window's predictor runs once at its own resolution, grouped by
-    (window shape, resolution), one compiled step per distinct plan. False: in-graph (jittable), every
-    candidate resolution is predicted and selected. None (default): host unless called under a jax
-    transformation. `predictor` follows the predictor protocol (sddr_jax.inference.predictors); for the simulated
-    and precomputed predictors `rgb` is the array they expect (ground truth, stacked maps).
+    The whole pass is ONE compiled program per (image size, schedule, size, options), cached by jax: the
+    levels are chosen in-graph and only the chosen resolution of each window is predicted.
+    resolution: "adaptive" = the official three-level rule (docs/method.md §5.2 b-c); "fixed" = factor 1.0
+    for every window. plan_on_host=True computes the levels on the host exactly as the official code
+    (float64 OpenCV Sobel, numpy percentile; the in-graph float32 rule can, on rare ties at the percentile,
+    put a window on another level): one program for the global pass and one per step, with a
+    device-to-host copy of the map in between. window_batch: windows per refiner call (1, the default, is the
+    fastest on CPU and the leanest; None = every window of a shape group in one call, for accelerators).
     nonfinite: NaN / inf in `rgb`: "error" (default; one bad pixel would spread through the min-max
     normalisation to the whole map) or "fill" (each channel's finite mean).
-    Returns the working map U of the last step (values on the [0, 1] scale of the global pass).
+    Returns the working map U of the last step (values on the [0, 1] scale of the global pass), or with
+    `return_global=True` the dict {"depth": U, "low", "high": the global pass's inputs (B, size, size, 1)}.
     """
     steps = check_schedule(schedule)
     size, gs = check_common(
         rgb, size, blend, resolution, global_sizes, base_resolution, max_resolution, "refine_two_stage"
     )
+    if window_batch is not None and (isinstance(window_batch, bool) or int(window_batch) < 1):
+        raise UserError(f"refine_two_stage: window_batch must be a positive int or None, got {window_batch!r}")
+    window_batch = None if window_batch is None else int(window_batch)
     pred_dynamic, pred_static = partition_predictor(predictor)
     if isinstance(refiner_fn, RefinerFn):  # the refiner of a model config: the params must fit it
         check_params(unwrap_params(params), dataclasses.asdict(refiner_fn), where="refine_two_stage params")
     traced = isinstance(rgb, jax.core.Tracer)
-    if plan_on_host is None:
-        plan_on_host = not traced
     if plan_on_host and traced:
         raise UserError(
             "refine_two_stage: plan_on_host=True needs concrete arrays (it cannot run under jit/vmap)"
         )
     height, width = int(rgb.shape[1]), int(rgb.shape[2])
+    for pieces, cover in steps:  # a clear error for an image too small for a step, before anything runs
+        window_grid(height, width, pieces, cover)
     if not traced:
         a = np.asarray(rgb, np.float32)
         if not np.all(np.isfinite(a)):
@@ -318,25 +355,28 @@ def refine_two_stage(
                 handle_nonfinite(a, "refine_two_stage: the input", nonfinite)
         rgb = a
     rgb = jnp.asarray(rgb, jnp.float32)
-    base = _global_pass_jit(
-        params, rgb, pred_dynamic, pred_static=pred_static, size=size, global_sizes=gs, refiner_fn=refiner_fn
-    )
     cfg = (int(base_resolution), int(max_resolution), resolution == "fixed")
-    for pieces, cover in steps:
-        windows = window_grid(height, width, pieces, cover)
-        plan = None
-        if plan_on_host:
-            cands = [candidate_resolutions(w.shape, cfg[0], cfg[1]) for w in windows]
-            if resolution == "fixed":
+    if not plan_on_host:
+        base, low, high = _two_stage_jit(
+            params, rgb, pred_dynamic, pred_static=pred_static, steps=steps, size=size, global_sizes=gs,
+            refiner_fn=refiner_fn, blend=blend, resolution_cfg=cfg, window_batch=window_batch,
+        )
+    else:
+        base, low, high = _global_jit(params, rgb, pred_dynamic, pred_static=pred_static, size=size,
+                                      global_sizes=gs, refiner_fn=refiner_fn)
+        for pieces, cover in steps:
+            windows = window_grid(height, width, pieces, cover)
+            if cfg[2]:
                 levels = np.ones((rgb.shape[0], len(windows)), np.int32)
             else:
-                base_np = np.asarray(base)
-                levels = np.stack([resolution_factors_host(m[..., 0], windows) for m in base_np])
-            plan = tuple(tuple(cands[n][int(lv)] for n, lv in enumerate(row)) for row in levels)
-        base = two_stage_step(
-            params, rgb, base, pred_dynamic, pred_static=pred_static, windows=windows, size=size,
-            refiner_fn=refiner_fn, blend=blend, plan=plan, resolution_cfg=cfg,
-        )
+                levels = np.stack([resolution_factors_host(m[..., 0], windows) for m in np.asarray(base)])
+            base = two_stage_step(
+                params, rgb, base, jnp.asarray(levels, jnp.int32), pred_dynamic, pred_static=pred_static,
+                windows=windows, size=size, refiner_fn=refiner_fn, blend=blend, resolution_cfg=cfg,
+                window_batch=window_batch,
+            )
+    if return_global:
+        return {"depth": base, "low": low, "high": high}
     return base
 
 
@@ -350,7 +390,8 @@ __all__ = [
     "combine_predictor",
     "crop_window",
     "global_pass",
-    "refine_windows",
+    "window_patches",
+    "two_stage_body",
     "two_stage_step",
     "check_common",
 ]
