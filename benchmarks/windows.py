@@ -1,95 +1,113 @@
-"""Benchmark: batched vs sequential coarse-to-fine windows on a 1920x1080 image (docs/method.md §5.2, §6).
+"""Benchmark: our two-stage pass and G_S labels vs a sequential port of the official loop (docs/method.md §5.2, §6).
 
-Two tasks, each timed batched (sddr_jax.inference.two_stage: one refiner call per step) and sequential (the
-official loop: one window at a time, refiner batch of one, OpenCV merges on the host):
+Two tasks, on the same image, each timed for ours (sddr_jax: one compiled program for the whole pass, windows
+through `lax.map`, levels chosen in-graph, only the chosen resolution predicted) and for a faithful sequential
+port of the official loop (utils_2stage.patchfusion: one window at a time, the levels planned on the host with
+OpenCV / numpy, predictor and refiner jitted per shape with a batch of one, OpenCV resizes and merges on the host):
 
-* two-stage refine, official schedule (1 + 4 + 9 refiner calls);
-* G_S pseudo-labels (the same windows plus the gradient track of docs/method.md §6; without the percentile masks and
-  regions P_n, which the sequential loop does not compute).
+* `refine`: two-stage refinement of the whole image, official schedule (global pass + 2x2 + 3x3 windows);
+* `labels`: G_S pseudo-labels (docs/method.md §6) of a square training crop (the top-left 1024 x 1024; the
+  global pass refines at the crop's own size), without the percentile masks and regions P_n, which the official
+  loop does not compute.
 
-The MiT-b0 Refiner runs with random parameters (timing does not depend on their values) at each refiner
-size of --sizes; the base predictor is a cheap deterministic stand-in (grey level, resized) so that the
-numbers measure the window machinery and the refiner. Times are medians of --repeats warm runs (compilation
-excluded and reported separately). CPU numbers are only meaningful as the ratio within one run.
+The predictor follows the real protocol: `--predictor vits` (default) is Depth Anything V2 ViT-S with random
+weights (timing does not depend on their values) run on every window crop at its adaptive resolution;
+`--predictor stand-in` is a cheap resize of the grey level, so that the numbers measure the window machinery and
+the refiner alone. The refiner is the MiT-b5 Refiner with random parameters at --size. Every (task, image,
+implementation) runs in its own worker process (its peak RSS is that process's), with no compilation cache:
+`first_s` is the first call (compilation + one run), `ours_s` / `sequential_s` the median of --repeats warm runs.
+Absolute CPU times are meaningful only as the ratio within one run; run on an idle machine.
 
-    .venv/bin/python benchmarks/windows.py --sizes 256 1024 --json bench_windows.json
+    .venv/bin/python benchmarks/windows.py --images 1080p 4k --json bench_windows.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import cv2
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from sddr_jax.inference import windows as W
-from sddr_jax.inference.two_stage import official_refiner, refine_two_stage
-from sddr_jax.training.labels import edge_labels
-from sddr_jax.edges import sobel_abs
-from sddr_jax.models import Refiner
-from sddr_jax.ops import resize_bilinear
-
-HEIGHT, WIDTH = 1080, 1920
+IMAGES = {"1080p": (1080, 1920), "4k": (2160, 3840)}
 
 
-def stand_in_predictor(image, size):
-    """Grey level resized to size^2 with a resolution-dependent ripple: deterministic and cheap."""
-    g = resize_bilinear(image.mean(-1, keepdims=True), (size, size))
-    return g + 0.02 * jnp.sin(size / 7.0 + 9.0 * g)
+# ----------------------------------------------------------------------------------------------------
+# worker side (imports jax)
 
 
-def random_params(size: int):
-    x = jnp.zeros((1, size, size, 1))
+def _setup(predictor_kind: str, size: int):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sddr_jax.models import Refiner
+    from sddr_jax.ops import resize_bilinear
+
+    x = jnp.zeros((1, 128, 128, 1))
     shapes = jax.eval_shape(Refiner().init, jax.random.PRNGKey(0), x, x)["params"]
     leaves, tdef = jax.tree_util.tree_flatten_with_path(shapes)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    return jax.tree_util.tree_unflatten(tdef, [
+    params = jax.tree_util.tree_unflatten(tdef, [
         jnp.ones(s.shape) if "scale" in str(p[-1]) else 0.02 * jax.random.normal(k, s.shape)
-        for (p, s), k in zip(leaves, keys)
-    ])
+        for (p, s), k in zip(leaves, keys)])
+    if predictor_kind == "vits":
+        from sddr_jax.models.depth_anything import CONFIGS, DepthAnythingPredictor, init_params
+
+        da = jax.tree_util.tree_map(np.asarray, init_params(CONFIGS["small"], 1))
+        da["depth_head"]["output_conv2_2"]["bias"] = np.ones(1, np.float32)
+        predictor = DepthAnythingPredictor(da, CONFIGS["small"], output="depth", pos_embed_mode="original")
+    else:
+        def predictor(image, res):
+            g = resize_bilinear(image.mean(-1, keepdims=True), (res, res))
+            return g + 0.02 * jnp.sin(res / 7.0 + 9.0 * g)
+    return params, predictor
 
 
-def test_image(seed: int = 0) -> np.ndarray:
+def test_image(height: int, width: int, seed: int = 0):
+    import cv2
+    import numpy as np
+
     rng = np.random.default_rng(seed)
-    img = cv2.GaussianBlur(rng.random((HEIGHT, WIDTH, 3)).astype(np.float32), (0, 0), 8)
+    small = cv2.GaussianBlur(rng.random((height // 4, width // 4, 3)).astype(np.float32), (0, 0), 2)
+    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     for _ in range(12):  # sharp-edged boxes give an uneven edge density (all three resolution levels)
-        y, x = rng.integers(0, HEIGHT - 200), rng.integers(0, WIDTH - 300)
-        img[y : y + rng.integers(50, 200), x : x + rng.integers(50, 300)] += rng.random(3) * 0.5
-    return img[None]
+        y, x = rng.integers(0, height - height // 5), rng.integers(0, width - width // 6)
+        img[y : y + rng.integers(height // 20, height // 5), x : x + rng.integers(width // 40, width // 6)] += \
+            rng.random(3) * 0.5
+    return np.clip(img, 0, 1)[None]
 
 
-_REFINE_ONE = jax.jit(official_refiner)
-_PREDICT = jax.jit(lambda im, size, s: resize_bilinear(stand_in_predictor(im, size), (s, s)),
-                   static_argnums=(1, 2))
+def sequential(params, predictor, rgb, size, labels=False, maps=None):
+    """The official loop, one window at a time (utils_2stage.patchfusion; with labels=True the gradient track
+    of docs/method.md §6, global pass on the student's `maps` at the image size, replicate border)."""
+    import cv2
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
+    from sddr_jax.edges import sobel_abs
+    from sddr_jax.inference import windows as W
+    from sddr_jax.inference.two_stage import GLOBAL_SIZES, official_refiner
+    from sddr_jax.ops import resize_bilinear
 
-def student_maps(rgb):
-    """The label task's inputs: the predictor at 448 and 1024, resized to the image (as a training batch)."""
-    h, w = rgb.shape[1:3]
-    return tuple(np.asarray(resize_bilinear(stand_in_predictor(jnp.asarray(rgb), r), (h, w))) for r in (448, 1024))
+    refine = jax.jit(official_refiner)
+    predict_jit = jax.jit(lambda im, res: resize_bilinear(predictor(im, res), (size, size)), static_argnums=1)
 
+    def predict(img, res):
+        return predict_jit(jnp.asarray(img)[None], res)
 
-def sequential(params, rgb, size, labels=False, maps=None):
-    """The official loop (utils_2stage.patchfusion): window by window, host merges with OpenCV. With
-    labels=True the G_S track of docs/method.md §6 (global pass on the student's `maps` at image size,
-    gradients with the replicate border)."""
     img = rgb[0]
     h, w = img.shape[:2]
     border = "replicate" if labels else "zero"
     if labels:
-        d0 = np.asarray(_REFINE_ONE(params, jnp.asarray(maps[0]), jnp.asarray(maps[1])))[0, ..., 0]
+        d0 = np.asarray(refine(params, jnp.asarray(maps[0]), jnp.asarray(maps[1])))[0, ..., 0]
         base = (d0 - d0.min()) / (d0.max() - d0.min())
     else:
-        low = _PREDICT(jnp.asarray(rgb), 448, size)
-        high = _PREDICT(jnp.asarray(rgb), 1024, size)
-        d0 = np.asarray(_REFINE_ONE(params, low, high))[0, ..., 0]
+        d0 = np.asarray(refine(params, predict(img, GLOBAL_SIZES[0]), predict(img, GLOBAL_SIZES[1])))[0, ..., 0]
         d0 = (d0 - d0.min()) / (d0.max() - d0.min())
         base = cv2.resize(d0, (w, h), interpolation=cv2.INTER_NEAREST)
     label = np.asarray(sobel_abs(base, border=border)) if labels else None
@@ -101,83 +119,132 @@ def sequential(params, rgb, size, labels=False, maps=None):
         for n, win in enumerate(wins):
             res = W.adaptive_resolution(win.shape, W.RESOLUTION_FACTORS[levels[n]])
             sl = (slice(win.y0, win.y1), slice(win.x0, win.x1))
-            hi = _PREDICT(jnp.asarray(img[sl])[None], res, size)
+            hi = predict(img[sl], res)
             lo = cv2.resize(base[sl], (size, size), interpolation=cv2.INTER_NEAREST)
-            ref = np.asarray(_REFINE_ONE(params, jnp.asarray(lo)[None, ..., None], hi))[0, ..., 0]
-            ref = ref.astype(np.float64)
-            t = lo.astype(np.float64)
-            a, b = np.polyfit(ref.ravel(), t.ravel(), 1)
-            merged = cv2.resize((a * ref + b).astype(np.float32), (win.width, win.height),
+            ref = np.asarray(refine(params, jnp.asarray(lo)[None, ..., None], hi))[0, ..., 0].astype(np.float64)
+            t = lo.astype(np.float64)  # official compute_scale_and_shift (normal equations)
+            a00, a01, a11, b0, b1 = (ref * ref).sum(), ref.sum(), ref.size, (ref * t).sum(), t.sum()
+            det = a00 * a11 - a01 * a01
+            sc, sh = ((a11 * b0 - a01 * b1) / det, (-a01 * b0 + a00 * b1) / det) if det > 0 else (0.0, 0.0)
+            merged = cv2.resize((sc * ref + sh).astype(np.float32), (win.width, win.height),
                                 interpolation=cv2.INTER_CUBIC)
-            mask = W.feather_mask(win.height, win.width)
+            mask = cv2.resize(W.feather_base(), (win.width, win.height), interpolation=cv2.INTER_LINEAR)
             upd[sl] = upd[sl] * (1 - mask) + merged * mask
             if labels:
                 g = np.asarray(sobel_abs(merged, border=border)).astype(np.float64)
-                prev = label[sl][1:-1, 1:-1].ravel().astype(np.float64)
-                b1, b0 = np.polyfit(g[1:-1, 1:-1].ravel(), prev, 1)
+                prev = label[sl].astype(np.float64)
+                b1_, b0_ = np.polyfit(g[1:-1, 1:-1].ravel(), prev[1:-1, 1:-1].ravel(), 1)
                 m = mask.copy()
                 m[0], m[-1], m[:, 0], m[:, -1] = 0, 0, 0, 0
-                new_label[sl] = new_label[sl] * (1 - m) + (b1 * g + b0) * m
-        base = upd
+                new_label[sl] = new_label[sl] * (1 - m) + (b1_ * g + b0_) * m
+        base = cv2.resize(upd, (w, h), interpolation=cv2.INTER_NEAREST)
         label = new_label
     return label if labels else base
 
 
-def timed(fn, repeats):
+def worker(task: str, image: str, impl: str, predictor_kind: str, size: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sddr_jax.inference.two_stage import refine_two_stage
+    from sddr_jax.training.labels import edge_labels
+
+    params, predictor = _setup(predictor_kind, size)
+    rgb = test_image(*IMAGES[image])
+    if task == "labels":
+        from sddr_jax.ops import resize_bilinear
+
+        side = min(rgb.shape[1], rgb.shape[2], 1024) // 128 * 128  # the refiner's maps are square
+        rgb = rgb[:, :side, :side]
+        h, w = rgb.shape[1:3]
+        maps = [np.asarray(resize_bilinear(predictor(jnp.asarray(rgb), r), (h, w))) for r in (448, 1024)]
+        if impl == "ours":
+            fn = lambda: edge_labels(params, maps[0], maps[1], jnp.asarray(rgb), predictor, size=size,  # noqa: E731
+                                     masks=False)["edge"]
+        else:
+            fn = lambda: sequential(params, predictor, rgb, size, labels=True, maps=maps)  # noqa: E731
+    elif impl == "ours":
+        rgb_j = jnp.asarray(rgb)
+        fn = lambda: refine_two_stage(params, rgb_j, predictor, size=size)  # noqa: E731
+    else:
+        fn = lambda: sequential(params, predictor, rgb, size)  # noqa: E731
     t0 = time.perf_counter()
-    jax.block_until_ready(fn())
+    out = np.asarray(jax.block_until_ready(fn()))
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), first
+    return {"first_s": first, "warm_s": statistics.median(times), "checksum": float(np.abs(out).mean()),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+# ----------------------------------------------------------------------------------------------------
+# driver (no jax)
+
+
+def _run_worker(args, task, image, impl) -> dict:
+    env = dict(os.environ, SDDR_JAX_COMPILE_CACHE="off")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", task, image, impl, "--predictor", args.predictor,
+           "--size", str(args.size), "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {task} {image} {impl} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256],
-                        help="refiner sizes S (multiples of 128)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", nargs="+", choices=tuple(IMAGES), default=["1080p"])
+    parser.add_argument("--tasks", nargs="+", choices=("refine", "labels"), default=["refine", "labels"])
+    parser.add_argument("--labels-images", nargs="+", choices=tuple(IMAGES), default=["1080p"],
+                        help="images of the labels task (a training crop of each)")
+    parser.add_argument("--predictor", choices=("vits", "stand-in"), default="vits")
+    parser.add_argument("--size", type=int, default=1024, help="refiner size S (a multiple of 128)")
+    parser.add_argument("--repeats", type=int, default=1, help="warm runs per implementation (median)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--worker", nargs=3, metavar=("TASK", "IMAGE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    rgb = test_image()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.predictor, args.size, args.repeats)))
+        return 0
+    load_before = os.getloadavg()
     rows = []
-    for size in args.sizes:
-        params = random_params(size)
-        rgb_j = jnp.asarray(rgb)
-        crop = rgb[:, :1024]  # the label pass refines the maps at their own size: a multiple of 128
-        maps = student_maps(crop)
-        tasks = {
-            "two-stage refine": (
-                lambda: refine_two_stage(params, rgb_j, stand_in_predictor, size=size),
-                lambda: sequential(params, rgb, size),
-            ),
-            "G_S labels": (
-                lambda: edge_labels(params, maps[0], maps[1], jnp.asarray(crop), stand_in_predictor, size=size,
-                                    masks=False)["edge"],
-                lambda: sequential(params, crop, size, labels=True, maps=maps),
-            ),
-        }
-        for name, (batched, seq) in tasks.items():
-            tb, cb = timed(batched, args.repeats)
-            ts, cs = timed(seq, args.repeats)
-            rows.append({"task": name, "size": size, "windows": "1+4+9", "batched_s": tb, "sequential_s": ts,
-                         "ratio_seq_over_batched": ts / tb, "batched_first_call_s": cb,
-                         "sequential_first_call_s": cs})
-            print(f"done: {name} S={size}", file=sys.stderr, flush=True)
-    header = (f"{'task':<18}{'S':>6}{'batched s':>12}{'sequential s':>15}{'seq/batched':>13}"
-              f"{'1st call b/s':>16}")
+    for task in args.tasks:
+        for image in (args.images if task == "refine" else args.labels_images):
+            r = {impl: _run_worker(args, task, image, impl) for impl in ("ours", "sequential")}
+            h, w = IMAGES[image]
+            row = {"task": task, "image": f"{h}x{w}" if task == "refine" else "1024x1024",
+                   "size": args.size, "predictor": args.predictor, "windows": "1+4+9",
+                   "ours_s": r["ours"]["warm_s"], "sequential_s": r["sequential"]["warm_s"],
+                   "ratio": r["ours"]["warm_s"] / r["sequential"]["warm_s"],
+                   "ours_first_s": r["ours"]["first_s"], "sequential_first_s": r["sequential"]["first_s"],
+                   "peak_rss_mib": r["ours"]["peak_rss_mib"],
+                   "sequential_peak_rss_mib": r["sequential"]["peak_rss_mib"],
+                   "checksum_ours": r["ours"]["checksum"], "checksum_sequential": r["sequential"]["checksum"]}
+            rows.append(row)
+            print(f"done: {task} {row['image']}: ours {row['ours_s']:.2f} s, sequential {row['sequential_s']:.2f} s "
+                  f"(first calls {row['ours_first_s']:.1f} / {row['sequential_first_s']:.1f} s)", file=sys.stderr,
+                  flush=True)
+    load_after = os.getloadavg()
+    header = (f"{'task':<8}{'image':>11}{'S':>6}{'ours s':>9}{'seq s':>9}{'ours/seq':>10}{'1st ours/seq s':>17}"
+              f"{'RSS ours/seq MiB':>19}")
+    print(f"predictor: {args.predictor}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+          f"(1 min); {os.cpu_count()} CPUs")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['task']:<18}{r['size']:>6}{r['batched_s']:>12.3f}{r['sequential_s']:>15.3f}"
-              f"{r['ratio_seq_over_batched']:>13.2f}{r['batched_first_call_s']:>8.1f}/"
-              f"{r['sequential_first_call_s']:<7.1f}")
-    result = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
-              "image": [HEIGHT, WIDTH], "cpu_count": os.cpu_count(), "rows": rows}
+        print(f"{r['task']:<8}{r['image']:>11}{r['size']:>6}{r['ours_s']:>9.2f}{r['sequential_s']:>9.2f}"
+              f"{r['ratio']:>10.2f}{r['ours_first_s']:>9.1f}/{r['sequential_first_s']:<7.1f}"
+              f"{r['peak_rss_mib']:>10.0f}/{r['sequential_peak_rss_mib']:<8.0f}")
     if args.json:
+        import platform
+
+        result = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                  "loadavg_before": load_before, "loadavg_after": load_after, "rows": rows}
         d = os.path.dirname(os.path.abspath(args.json))
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
