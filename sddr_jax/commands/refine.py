@@ -222,8 +222,9 @@ def refine_rgb(args, params, predictor, rgb_path, out_path, model_config=None) -
 
     rgb = read_rgb(str(rgb_path)).astype(np.float32)
     io.check_image_size(rgb.shape[0], rgb.shape[1], f"--rgb {rgb_path}")
+    options = two_stage_options(args)
     out = refine_two_stage(params, rgb[None], predictor, refiner_fn=_refiner_fn(args, model_config),
-                           return_global=True, **two_stage_options(args))
+                           return_global=True, **options)
     refined = np.asarray(out["depth"])[0, ..., 0]
     replace = args.overwrite or getattr(args, "skip_existing", False)
     io.write_depth(out_path, refined, overwrite=replace)
@@ -234,7 +235,7 @@ def refine_rgb(args, params, predictor, rgb_path, out_path, model_config=None) -
 
         high = cv2.resize(np.asarray(out["high"])[0, ..., 0], (rgb.shape[1], rgb.shape[0]),
                           interpolation=cv2.INTER_LINEAR)
-        size = two_stage_options(args)["global_sizes"][1]
+        size = options["global_sizes"][1]
         viz.save_panels(_preview_path(out_path), {"rgb": rgb, f"predictor at {size}": high, "refined": refined},
                         overwrite=replace)
     return refined
