@@ -15,7 +15,9 @@ weights (timing does not depend on their values) run on every window crop at its
 `--predictor stand-in` is a cheap resize of the grey level, so that the numbers measure the window machinery and
 the refiner alone. The refiner is the MiT-b5 Refiner with random parameters at --size. Every (task, image,
 implementation) runs in its own worker process (its peak RSS is that process's), with no compilation cache:
-`first_s` is the first call (compilation + one run), `ours_s` / `sequential_s` the median of --repeats warm runs.
+`first_s` is the first call (compilation + one run), `ours_s` / `sequential_s` the median of --repeats warm runs;
+`predictor_s` is the sequential loop's predictor calls alone (one more warm run, each call waited for), and
+`predictor_share` its share of `sequential_s`.
 Absolute CPU times are meaningful only as the ratio within one run; run on an idle machine.
 
     .venv/bin/python benchmarks/windows.py --images 1080p 4k --json bench_windows.json
