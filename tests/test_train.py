@@ -122,6 +122,38 @@ def test_pmap_and_shard_map_agree_on_8_devices():
     assert l_pmap[-1] < l_pmap[0]
 
 
+def test_switched_step_is_one_program_for_both_phases():
+    # with_labels="switch": use_labels=False gives the L_gt-only step, True the step with labels, both from
+    # one compiled program; aux entries only one branch has are zeros in the other.
+    def loss(outputs, batch, labels, config):
+        l, aux = mse_loss(outputs, batch, labels, config)
+        return l, aux if labels is None else {**aux, "edge_mean": jnp.mean(labels["edge"])}
+
+    model = TinyNet(0.3)
+    batch = _batch()
+    labels = {"edge": _batch(seed=1)["depth"] * 3.0}
+    params = model.init(jax.random.PRNGKey(0), batch["low"][:1], batch["high"][:1])["params"]
+    tx = T.make_optimizer(_opt_config(grad_clip_norm=1.0), 8)
+    pl = T.Placement("shard_map")  # jit: its compiled-program cache can be counted
+    kw = dict(parallel="shard_map", mesh=pl.mesh)
+    ref = {flag: T.make_train_step(model.apply, loss, None, tx, with_labels=flag, **kw) for flag in (False, True)}
+    switched = T.make_train_step(model.apply, loss, None, tx, with_labels="switch", **kw)
+    flags = {f: pl.replicate(np.bool_(f)) for f in (False, True)}
+    s_ref = pl.replicate(T.create_train_state(params, tx, 0))
+    s_sw = pl.replicate(T.create_train_state(params, tx, 0))
+    for flag in (False, False, True, True, False):
+        args = (pl.shard(batch),) + ((pl.shard(labels),) if flag else ())
+        s_ref, m_ref = ref[flag](s_ref, *args)
+        s_sw, m_sw = switched(s_sw, pl.shard(batch), pl.shard(labels), flags[flag])
+        m_ref, m_sw = pl.metrics(m_ref), pl.metrics(m_sw)
+        np.testing.assert_allclose(m_sw["loss"], m_ref["loss"], rtol=1e-6)
+        np.testing.assert_allclose(m_sw["edge_mean"], m_ref.get("edge_mean", 0.0), rtol=1e-6)
+        assert (m_sw["edge_mean"] > 1.0) == flag  # the labels' mean is ~1.5; 0 when unused
+    for a, b in zip(jax.tree.leaves(pl.unreplicate(s_ref.params)), jax.tree.leaves(pl.unreplicate(s_sw.params))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert switched._cache_size() == 1
+
+
 def test_data_parallel_equals_one_device_full_batch():
     # With equal per-device shares, the pmean of per-device gradients is the full-batch gradient.
     batch = _batch()
@@ -147,6 +179,8 @@ def test_placement_round_trips():
         assert int(back["b"]) == 7
         b = _batch(16)
         np.testing.assert_array_equal(pl.gather(pl.shard(b)["low"]), b["low"])
+        # empty entries (labels' "regions" with num_regions=0) keep their shape
+        assert pl.gather(pl.shard({"r": np.zeros((16, 0, 5), bool)})["r"]).shape == (16, 0, 5)
         with pytest.raises(UserError, match="do not split over 8 local devices"):
             pl.shard(_batch(12))
     with pytest.raises(UserError, match="train.parallel"):

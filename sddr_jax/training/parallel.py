@@ -94,7 +94,8 @@ class Placement:
                 raise UserError(f"batch key {k!r}: {v.shape[0]} rows do not split over {n} local devices; "
                                 "choose a batch size that is a multiple of the device count")
             if self.parallel == "pmap":
-                out[k] = jax.device_put(v.reshape((n, -1) + v.shape[1:]), self._local)
+                # explicit row count: -1 is ambiguous for empty entries such as labels' 'regions' (B, 0, H, W)
+                out[k] = jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]), self._local)
             else:
                 out[k] = jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), v)
         return out
@@ -103,7 +104,7 @@ class Placement:
         """This process's rows of a sharded device value, as host numpy (batch order kept)."""
         if self.parallel == "pmap":
             a = np.asarray(jax.device_get(x))
-            return a.reshape((-1,) + a.shape[2:])
+            return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
         shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
         return np.concatenate([np.asarray(s.data) for s in shards], axis=0)
 
