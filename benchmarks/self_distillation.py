@@ -13,6 +13,7 @@ edge label (paper Table 6). Prints a per-seed table and the means; `--json` writ
 `gt_only`, `self_distillation` (and `d_s_label`), `low`, `high`, a dict metric -> list over seeds.
 
     python benchmarks/self_distillation.py --seeds 3 --out runs/sd --json runs/sd/result.json
+    python benchmarks/self_distillation.py --config configs/synthetic.py:acceptance,paper_loss --out runs/sd_paper
 """
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ def main() -> int:
     ap.add_argument("--out", default="runs/sd")
     ap.add_argument("--data-dir", default="runs/data")
     ap.add_argument("--ablation", choices=["labels"], default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override, as `sddr-jax train --config.KEY=VALUE` (repeatable; applied to "
+                         "phase 1 and both branches, e.g. --set train.gt_only_steps=400 --set train.num_steps=600)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -67,7 +71,7 @@ def main() -> int:
     table = {name: {m: [] for m in METRICS} for name in branches + ["low", "high"]}
     seeds, seconds = [], {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        base = load_config(args.config)
+        base = load_config(args.config, args.set)
         base.seed = seed
         base.data.data_dir = args.data_dir
         base.train.progress_bar = False
@@ -105,7 +109,7 @@ def main() -> int:
 
     import numpy as np
 
-    print(f"\nheld-out metrics ({args.config}, seeds {seeds}); load average {os.getloadavg()}")
+    print(f"\nheld-out metrics ({args.config} {' '.join(args.set)}, seeds {seeds}); load average {os.getloadavg()}")
     header = f"{'prediction':>18} " + " ".join(f"{m:>12}" for m in METRICS)
     print(header)
     for name in ["low", "high"] + branches:
@@ -118,7 +122,7 @@ def main() -> int:
     print("self-distillation better than GT-only on the mean: " + ", ".join(f"{m} {'yes' if v else 'no'}"
                                                                          for m, v in verdict.items()))
     if args.json:
-        payload = {"config": args.config, "seeds": seeds, **table, "seconds": seconds,
+        payload = {"config": args.config, "overrides": list(args.set), "seeds": seeds, **table, "seconds": seconds,
                    "sd_better_on_mean": {m: bool(v) for m, v in verdict.items()},
                    "load_average": os.getloadavg()}
         from sddr_jax.io import write_json_atomic

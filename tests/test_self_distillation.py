@@ -106,6 +106,23 @@ def test_mask_edge_frame_share_and_no_frame_step(student_batch):
     assert g0[0, 0, 0, 0] == pytest.approx(g0[0, 5, 0, 0], rel=1e-5)
 
 
+@pytest.mark.parametrize("loss,with_depth", [("official", False), ("paper", True)])
+def test_label_shapes_match_the_traced_label_pass(student_batch, loss, with_depth):
+    """Phase 1's placeholder labels (`label_shapes`, no trace) have exactly the traced label pass's shapes."""
+    from sddr_jax.losses import default_loss_config
+
+    c = _config()
+    c.loss = default_loss_config(loss)
+    opts = dict(L.label_options(c), refiner_fn=copy_high, schedule=L.OFFICIAL_SCHEDULE[:1])
+    _, predictor = L.label_predictor(c)
+    spec = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in student_batch.items()}
+    traced = jax.eval_shape(functools.partial(L.label_body, axis_name=None, with_depth=with_depth, **opts), {},
+                            spec, predictor)
+    got = L.label_shapes(student_batch, with_depth=with_depth, **opts)
+    assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (v.shape, v.dtype) for k, v in traced.items()}
+    assert got["regions"].shape == (4, 4 if loss == "paper" else 0, S, S)
+
+
 def test_labels_come_from_the_inputs_not_the_ground_truth(student_batch):
     """Global pass on the student's maps: replacing the GT (the predictor's input) changes the windows only,
     replacing the student's maps changes G_0."""

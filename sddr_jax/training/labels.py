@@ -380,6 +380,27 @@ def label_options(config: Any) -> dict[str, Any]:
         edge_from=str(c.get("edge_from", "gradients")))
 
 
+def label_shapes(batch: Mapping[str, Any], *, num_regions: int = 0, with_depth: bool = False,
+                 **unused) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of `label_body`'s output for a batch of `low` (B, H, W, 1) maps, without tracing it.
+
+    The labels live at the batch's size: "edge" (and "depth" with `with_depth`) float32 (B, H, W, 1),
+    "mask_edge" / "mask_flat" bool (B, H, W, 1), "regions" bool (B, num_regions, H, W). Tracing the label
+    pass to learn this costs seconds per run (phase 1 passes zeros of these shapes to the switched step);
+    `tests/test_self_distillation.py` checks it against `jax.eval_shape(label_body)`. Other keyword
+    arguments (the rest of `label_options`) are accepted and ignored.
+    """
+    del unused
+    b, h, w = (int(d) for d in np.shape(batch["low"])[:3])
+    f32 = jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32)
+    flag = jax.ShapeDtypeStruct((b, h, w, 1), jnp.bool_)
+    out = {"edge": f32, "mask_edge": flag, "mask_flat": flag,
+           "regions": jax.ShapeDtypeStruct((b, int(num_regions), h, w), jnp.bool_)}
+    if with_depth:
+        out["depth"] = f32
+    return out
+
+
 def label_predictor_kind(config: Any) -> tuple[str, str]:
     """(kind, name) of `labels.predictor`: kind "simulated" for auto / simulated, else "model"."""
     name = str(config.labels.get("predictor", "auto") or "auto")

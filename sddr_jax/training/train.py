@@ -33,7 +33,7 @@ from sddr_jax.io import write_json_atomic
 from sddr_jax.models.refiner import build_refiner, check_params
 from sddr_jax.training import checkpointing
 from sddr_jax.training.config import check_config
-from sddr_jax.training.labels import check_label_source, label_body, label_options, label_predictor
+from sddr_jax.training.labels import check_label_source, label_body, label_options, label_predictor, label_shapes
 from sddr_jax.training.log import MetricLog
 from sddr_jax.training.parallel import AXIS, Placement, allgather_json, parallelize
 
@@ -359,7 +359,6 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     placement = Placement(t.parallel)
     mesh = placement.mesh
     state = placement.replicate(host_state)
-    param_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), host_state.params)
     del host_state
     self_distill = gt_steps < num_steps
     # With self-distillation both phases run one compiled step (`switched_loss`): phase 1 passes placeholder
@@ -369,8 +368,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     label_fn = label_pred = placeholder = None
     if self_distill:
         kind, predictor = label_predictor(config)
-        label_body_fn = functools.partial(label_body, **label_options(config),
-                                          with_depth=float(config.loss.get("w_rank", 0.0)) != 0.0)
+        label_kwargs = dict(label_options(config), with_depth=float(config.loss.get("w_rank", 0.0)) != 0.0)
+        label_body_fn = functools.partial(label_body, **label_kwargs)
         label_fn = parallelize(label_body_fn, ("replicated", "sharded", "replicated"), "sharded",
                                parallel=t.parallel, mesh=mesh)
         label_pred = placement.replicate(predictor)
@@ -378,8 +377,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
 
         def placeholder_labels(label_inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             """Zeros shaped like this process's labels (what phase 1 passes to the step; never read)."""
-            spec = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in label_inputs.items()}
-            shapes = jax.eval_shape(label_body_fn, param_shapes, spec, predictor)
+            shapes = label_shapes(label_inputs, **label_kwargs)
             return placement.shard({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()})
     eval_fn = parallelize(functools.partial(eval_body, apply_fn=model.apply), ("replicated", "sharded"), "sharded",
                           parallel=t.parallel, mesh=mesh)
