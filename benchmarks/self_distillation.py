@@ -10,7 +10,9 @@ Per seed, on the acceptance schedule of `configs/synthetic.py:acceptance` (docs/
 
 `--ablation labels` adds a third branch that uses the teacher's refined depth D_S instead of G_S as the
 edge label (paper Table 6). Prints a per-seed table and the means; `--json` writes `seeds` and, for each of
-`gt_only`, `self_distillation` (and `d_s_label`), `low`, `high`, a dict metric -> list over seeds.
+`gt_only`, `self_distillation` (and `d_s_label`), `low`, `high`, `phase1` (the refined map at the end of
+phase 1), a dict metric -> list over seeds, and `machine` (CPU, jax, backend: a run on another CPU compiles
+other float code, and training then takes another path from the same seed; docs/results.md measures how far).
 
     python benchmarks/self_distillation.py --seeds 3 --out runs/sd --json runs/sd/result.json
     python benchmarks/self_distillation.py --config configs/synthetic.py:acceptance,paper_loss --out runs/sd_paper
@@ -50,6 +52,23 @@ def _train(config, workdir: pathlib.Path) -> dict:
     return result
 
 
+def _machine() -> dict:
+    """Where the numbers came from: a rerun on another CPU compiles other float code and trains elsewhere."""
+    import platform
+
+    import jax
+    import jaxlib
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "backend": jax.default_backend()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/synthetic.py:acceptance")
@@ -68,7 +87,7 @@ def main() -> int:
 
     out = pathlib.Path(args.out)
     branches = ["gt_only", "self_distillation"] + (["d_s_label"] if args.ablation == "labels" else [])
-    table = {name: {m: [] for m in METRICS} for name in branches + ["low", "high"]}
+    table = {name: {m: [] for m in METRICS} for name in branches + ["low", "high", "phase1"]}
     seeds, seconds = [], {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         base = load_config(args.config, args.set)
@@ -103,6 +122,7 @@ def main() -> int:
         for m in METRICS:
             for name in branches:
                 table[name][m].append(float(results[name]["eval"]["refined"][SOURCE[m]]))
+            table["phase1"][m].append(float(r1["eval"]["refined"][SOURCE[m]]))
             table["low"][m].append(float(ev["low"][SOURCE[m]]))
             table["high"][m].append(float(ev["high"][SOURCE[m]]))
         print(f"seed {seed}: " + "  ".join(f"{n} {results[n]['seconds']:.0f} s" for n in branches), flush=True)
@@ -112,7 +132,7 @@ def main() -> int:
     print(f"\nheld-out metrics ({args.config} {' '.join(args.set)}, seeds {seeds}); load average {os.getloadavg()}")
     header = f"{'prediction':>18} " + " ".join(f"{m:>12}" for m in METRICS)
     print(header)
-    for name in ["low", "high"] + branches:
+    for name in ["low", "high", "phase1"] + branches:
         for i, seed in enumerate(seeds):
             print(f"{name + f' s{seed}':>18} " + " ".join(f"{table[name][m][i]:12.4f}" for m in METRICS))
         print(f"{name + ' mean':>18} " + " ".join(f"{np.mean(table[name][m]):12.4f}" for m in METRICS))
@@ -124,7 +144,7 @@ def main() -> int:
     if args.json:
         payload = {"config": args.config, "overrides": list(args.set), "seeds": seeds, **table, "seconds": seconds,
                    "sd_better_on_mean": {m: bool(v) for m, v in verdict.items()},
-                   "load_average": os.getloadavg()}
+                   "load_average": os.getloadavg(), "machine": _machine()}
         from sddr_jax.io import write_json_atomic
 
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
