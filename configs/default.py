@@ -26,6 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # `simulate_prediction` settings: low/high resolutions (0 = S/4 and S), training resolution (0 = low),
         # texture copied from the RGB into the high map (docs/method.md §7).
         predictor=dict(low_res=0, high_res=0, train_res=0, texture=0.0),
+        # Edge-poor training GT (docs/method.md §10): this fraction of the training examples gets its depth
+        # area-averaged to 1/factor and upsampled back, like stereo / optical-flow GT; 0 = off. The simulated
+        # predictor and the held-out split keep the sharp depth.
+        edge_poor_gt=dict(fraction=0.0, factor=4),
         augment=dict(crop_scale=(0.6, 1.0), flip_prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2,
                      gamma=(0.8, 1.25)),
     ))

@@ -20,9 +20,7 @@ import dataclasses
 import logging
 import os
 import re
-import struct
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -134,136 +132,49 @@ def read_middlebury_calib(path) -> dict[str, Any]:
     return io.read_middlebury_calib(_require(path), parse_values=True)
 
 
-# --- a small OpenEXR reader (scanline images, NO/ZIPS/ZIP compression, HALF/FLOAT/UINT channels) -----------
-# MVS-Synth ships depth as EXR. OpenCV's pip wheels are built without OpenEXR, so we read the common
-# uncompressed and zlib-compressed variants ourselves; other compressions raise a clear error.
+# --- OpenEXR (MVS-Synth depth) through the OpenEXR library ---------------------------------------------------
+# OpenCV's pip wheels are built without OpenEXR; the `OpenEXR` package (the Academy Software Foundation's
+# bindings) reads every compression it supports, scanline and tiled.
 
-_EXR_MAGIC = 20000630
-_EXR_COMPRESSION = {0: "NO", 1: "RLE", 2: "ZIPS", 3: "ZIP", 4: "PIZ", 5: "PXR24", 6: "B44", 7: "B44A", 8: "DWAA", 9: "DWAB"}
-_EXR_LINES = {0: 1, 2: 1, 3: 16}
-_EXR_TYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
-
-
-def _exr_unpredict(raw: bytes) -> bytes:
-    t = np.frombuffer(raw, np.uint8).astype(np.int64)
-    t[1:] -= 128
-    t = (np.cumsum(t) & 0xFF).astype(np.uint8)
-    half = (t.size + 1) // 2
-    out = np.empty_like(t)
-    out[0::2], out[1::2] = t[:half], t[half:]
-    return out.tobytes()
-
-
-def _exr_predict(raw: bytes) -> bytes:
-    b = np.frombuffer(raw, np.uint8)
-    half = (b.size + 1) // 2
-    t = np.concatenate([b[0::2], b[1::2]]).astype(np.int64)
-    d = t.copy()
-    d[1:] = (t[1:] - t[:-1] + 128 + 256) & 0xFF
-    return d.astype(np.uint8).tobytes()
+EXR_COMPRESSIONS = ("NO", "RLE", "ZIPS", "ZIP", "PIZ", "PXR24", "B44", "B44A", "DWAA", "DWAB")
 
 
 def read_exr(path, channel: str | None = None) -> np.ndarray:
-    """The first (or the named) channel of a scanline OpenEXR file as float32 (H, W)."""
+    """The named channel (default: the first of Y, Z, R, D present, else the first) of an OpenEXR file
+    (single-part, scanline or tiled, any compression the library supports) as float32 (H, W)."""
+    import OpenEXR
+
     path = _require(path)
-    data = path.read_bytes()
-    if len(data) < 8 or struct.unpack_from("<i", data, 0)[0] != _EXR_MAGIC:
-        raise UserError(f"{path}: not an OpenEXR file")
-    flags = struct.unpack_from("<i", data, 4)[0]
-    if flags & 0x1A00:  # tiled, deep or multi-part
-        raise UserError(f"{path}: tiled/deep/multi-part EXR is not supported (expected a scanline image)")
-    pos, header = 8, {}
-    while data[pos] != 0:
-        end = data.index(b"\0", pos)
-        name = data[pos:end].decode()
-        end2 = data.index(b"\0", end + 1)
-        typ = data[end + 1:end2].decode()
-        size = struct.unpack_from("<i", data, end2 + 1)[0]
-        header[name] = (typ, data[end2 + 5:end2 + 5 + size])
-        pos = end2 + 5 + size
-    pos += 1
     try:
-        chl = header["channels"][1]
-        comp = header["compression"][1][0]
-        xmin, ymin, xmax, ymax = struct.unpack("<4i", header["dataWindow"][1])
-    except KeyError as e:
-        raise UserError(f"{path}: EXR header lacks {e}") from None
-    channels, p = [], 0
-    while chl[p] != 0:
-        end = chl.index(b"\0", p)
-        cname = chl[p:end].decode()
-        ptype = struct.unpack_from("<i", chl, end + 1)[0]  # then pLinear, 3 reserved bytes, x/y sampling
-        if ptype not in _EXR_TYPES:
-            raise UserError(f"{path}: unknown EXR pixel type {ptype} for channel {cname!r}")
-        channels.append((cname, _EXR_TYPES[ptype]))
-        p = end + 17
-    if comp not in _EXR_LINES:
-        raise UserError(f"{path}: EXR compression {_EXR_COMPRESSION.get(comp, comp)} is not supported by the "
-                        "built-in reader (NO, ZIPS, ZIP are); convert the depth to .npy or .pfm, e.g. with OpenEXR")
-    width, height = xmax - xmin + 1, ymax - ymin + 1
-    names = [c for c, _ in channels]
-    want = channel if channel is not None else next((c for c in ("Y", "Z", "R", "D") if c in names), names[0])
-    if want not in names:
-        raise UserError(f"{path}: no channel {want!r} (channels: {names})")
-    lines = _EXR_LINES[comp]
-    nchunks = (height + lines - 1) // lines
-    offsets = struct.unpack_from(f"<{nchunks}Q", data, pos)
-    out = np.empty((height, width), np.float32)
-    row_bytes = sum(width * dt.itemsize for _, dt in channels)
-    for off in offsets:
-        y, size = struct.unpack_from("<ii", data, off)
-        y -= ymin
-        nlines = min(lines, height - y)
-        chunk = data[off + 8:off + 8 + size]
-        if size < nlines * row_bytes:  # compressed (EXR stores raw when compression does not help)
-            try:
-                chunk = _exr_unpredict(zlib.decompress(chunk))
-            except zlib.error:
-                raise UserError(f"{path}: corrupt zlib data in EXR chunk at line {y}") from None
-        if len(chunk) != nlines * row_bytes:
-            raise UserError(f"{path}: EXR chunk at line {y} has {len(chunk)} bytes, expected {nlines * row_bytes}")
-        q = 0
-        for line in range(nlines):
-            for cname, dt in channels:
-                n = width * dt.itemsize
-                if cname == want:
-                    out[y + line] = np.frombuffer(chunk, dt, width, q).astype(np.float32)
-                q += n
-    return out
+        with OpenEXR.File(str(path)) as f:
+            if len(f.parts) != 1:
+                raise UserError(f"{path}: a multi-part EXR ({len(f.parts)} parts); expected one image")
+            channels = f.channels()
+            names = list(channels)
+            want = channel if channel is not None else next((c for c in ("Y", "Z", "R", "D") if c in names),
+                                                            names[0] if names else None)
+            if want not in channels:
+                raise UserError(f"{path}: no channel {want!r} (channels: {names})")
+            pixels = np.asarray(channels[want].pixels)
+    except UserError:
+        raise
+    except Exception as e:  # OpenEXR raises its own errors for truncated / foreign files
+        raise UserError(f"{path}: not a readable OpenEXR file ({e})") from None
+    if pixels.ndim != 2:
+        raise UserError(f"{path}: channel {want!r} has shape {pixels.shape}, expected (H, W)")
+    return pixels.astype(np.float32)
 
 
 def write_exr(path, array: np.ndarray, channel: str = "Y", compression: str = "ZIP") -> None:
-    """Write a float32 (H, W) scanline EXR with one FLOAT channel (NO, ZIPS or ZIP). Used by tests and tools."""
-    arr = np.ascontiguousarray(np.asarray(array, "<f4"))
-    comp = {"NO": 0, "ZIPS": 2, "ZIP": 3}[compression]
-    h, w = arr.shape
+    """Write a float32 (H, W) scanline EXR with one channel (`compression` one of `EXR_COMPRESSIONS`)."""
+    import OpenEXR
 
-    def attr(name, typ, value):
-        return name.encode() + b"\0" + typ.encode() + b"\0" + struct.pack("<i", len(value)) + value
-
-    chl = channel.encode() + b"\0" + struct.pack("<iB3xii", 2, 0, 1, 1) + b"\0"
-    header = (struct.pack("<ii", _EXR_MAGIC, 2) + attr("channels", "chlist", chl)
-              + attr("compression", "compression", bytes([comp]))
-              + attr("dataWindow", "box2i", struct.pack("<4i", 0, 0, w - 1, h - 1))
-              + attr("displayWindow", "box2i", struct.pack("<4i", 0, 0, w - 1, h - 1))
-              + attr("lineOrder", "lineOrder", b"\0") + attr("pixelAspectRatio", "float", struct.pack("<f", 1.0))
-              + attr("screenWindowCenter", "v2f", struct.pack("<ff", 0, 0))
-              + attr("screenWindowWidth", "float", struct.pack("<f", 1.0)) + b"\0")
-    lines = _EXR_LINES[comp]
-    chunks = []
-    for y in range(0, h, lines):
-        raw = arr[y:y + lines].tobytes()
-        if comp:
-            packed = zlib.compress(_exr_predict(raw))
-            raw = packed if len(packed) < len(raw) else raw
-        chunks.append(struct.pack("<ii", y, len(raw)) + raw)
-    offset = len(header) + 8 * len(chunks)
-    table = b""
-    for c in chunks:
-        table += struct.pack("<Q", offset)
-        offset += len(c)
-    with open(path, "wb") as f:
-        f.write(header + table + b"".join(chunks))
+    if compression not in EXR_COMPRESSIONS:
+        raise UserError(f"write_exr: compression must be one of {EXR_COMPRESSIONS}, got {compression!r}")
+    arr = np.ascontiguousarray(np.asarray(array, np.float32))
+    header = {"compression": getattr(OpenEXR, f"{compression}_COMPRESSION"), "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, {channel: arr}) as f:
+        f.write(str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------

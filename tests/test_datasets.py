@@ -328,12 +328,50 @@ def test_several_predictors_need_a_choice(tmp_path):
 
 # --- format helpers ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compression", ["NO", "ZIPS", "ZIP"])
-def test_exr_roundtrip(tmp_path, compression):
+# Every compression of the OpenEXR library, on files that the library writes by itself: the lossless ones
+# (and B44/B44A, lossy only on HALF channels) exactly, PXR24 (24-bit floats) and DWAA/DWAB (lossy) to their
+# precision; so are the files our writer makes.
+@pytest.mark.parametrize("compression", common.EXR_COMPRESSIONS)
+def test_exr_every_compression(tmp_path, compression):
+    import OpenEXR
+
     a = RNG.uniform(0, 100, (37, 21)).astype(np.float32)
     a[0, 0] = np.inf
-    common.write_exr(tmp_path / "a.exr", a, compression=compression)
-    np.testing.assert_array_equal(common.read_exr(tmp_path / "a.exr"), a)
+    # written by the library alone (not by our writer), with a second channel before the depth one
+    header = {"compression": getattr(OpenEXR, f"{compression}_COMPRESSION"), "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, {"A": np.zeros_like(a), "Z": a}) as f:
+        f.write(str(tmp_path / "lib.exr"))
+    common.write_exr(tmp_path / "ours.exr", a, compression=compression)
+    # default channel: Z before the first one (A)
+    for got in (common.read_exr(tmp_path / "lib.exr"), common.read_exr(tmp_path / "ours.exr")):
+        assert got.dtype == np.float32 and got.shape == a.shape
+        if compression == "PXR24":  # 24-bit float: 15 mantissa bits
+            np.testing.assert_allclose(got, a, rtol=2 ** -15)
+        elif compression.startswith("DWA"):  # lossy (DCT on half floats); the inf pixel may saturate
+            np.testing.assert_allclose(got[1:], a[1:], rtol=0.05)
+        else:
+            np.testing.assert_array_equal(got, a)
+
+
+def test_exr_tiled_half_and_errors(tmp_path):
+    import OpenEXR
+
+    a = RNG.uniform(0, 10, (20, 33)).astype(np.float16)
+    tiles = OpenEXR.TileDescription()
+    tiles.xSize, tiles.ySize, tiles.mode, tiles.roundingMode = 16, 16, OpenEXR.ONE_LEVEL, OpenEXR.ROUND_DOWN
+    header = {"compression": OpenEXR.PIZ_COMPRESSION, "type": OpenEXR.tiledimage, "tiles": tiles}
+    with OpenEXR.File(header, {"R": a, "G": a}) as f:
+        f.write(str(tmp_path / "tiled.exr"))
+    got = common.read_exr(tmp_path / "tiled.exr")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, a.astype(np.float32))
+    with pytest.raises(UserError, match="no channel 'Y'"):
+        common.read_exr(tmp_path / "tiled.exr", channel="Y")
+    (tmp_path / "bad.exr").write_bytes(b"not an exr at all")
+    with pytest.raises(UserError, match="bad.exr"):
+        common.read_exr(tmp_path / "bad.exr")
+    with pytest.raises(UserError, match="compression"):
+        common.write_exr(tmp_path / "x.exr", a, compression="LZW")
 
 
 def test_pfm_is_bottom_up(tmp_path):

@@ -190,3 +190,44 @@ def test_orbax_checkpoint_of_the_iterator(simulated, tmp_path):
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         mngr.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
     _assert_same([next(fresh) for _ in range(2)], expected)
+
+
+def test_edge_poor_depth_closed_form():
+    # A step at column 8 of a 16-wide map, factor 4: the area average is exactly [1, 1, 3, 3] per row, and
+    # OpenCV's bilinear upsampling (half-pixel centres, src = (x + 0.5) / 4 - 0.5, clamped) gives a ramp.
+    d = np.where(np.arange(16) < 8, 1.0, 3.0).astype(np.float32)[None].repeat(8, 0)
+    out = ip.edge_poor_depth(d, 4)
+    small = np.array([1.0, 1.0, 3.0, 3.0])
+    src = np.clip((np.arange(16) + 0.5) / 4 - 0.5, 0, 3)
+    want = small[np.floor(src).astype(int)] * (1 - src % 1) + small[np.minimum(np.floor(src).astype(int) + 1, 3)] * (src % 1)
+    np.testing.assert_allclose(out, np.broadcast_to(want, (8, 16)), atol=1e-6)
+    assert out[0, 6] == pytest.approx(1.25) and out[0, 9] == pytest.approx(2.75)  # the edge spreads over 8 px
+    # constant maps are unchanged; invalid pixels stay what they were and do not leak into their neighbours
+    np.testing.assert_allclose(ip.edge_poor_depth(np.full((12, 12, 1), 2.5, np.float32), 4), 2.5, atol=1e-6)
+    holes = np.full((8, 8), 2.0, np.float32)
+    holes[2, 3], holes[5, 5] = 0.0, np.nan
+    out = ip.edge_poor_depth(holes, 2)
+    assert out[2, 3] == 0.0 and np.isnan(out[5, 5])
+    np.testing.assert_allclose(out[np.isfinite(holes) & (holes > 0)], 2.0, atol=1e-6)
+    np.testing.assert_array_equal(ip.edge_poor_depth(d, 1), d)
+    with pytest.raises(UserError, match="factor"):
+        ip.edge_poor_depth(d, 0)
+
+
+def test_edge_poor_gt_degrades_only_the_target(source):
+    """The edge-poor GT option changes `depth` only: same crops, and the simulated predictor still reads the
+    sharp scene (`scene_depth`), so low/high/key are those of a run without it."""
+    kw = dict(image_size=S, global_batch_size=4, seed=5, shard=(1, 0))
+    (plain,) = _batches(ip.make_dataset(source, **kw), 1)
+    (poor,) = _batches(ip.make_dataset(source, edge_poor=(1.0, 4), **kw), 1)
+    (none,) = _batches(ip.make_dataset(source, edge_poor=(0.0, 4), **kw), 1)
+    for k in ("rgb", "low", "high", "valid", "key"):
+        np.testing.assert_array_equal(poor[k], plain[k])
+    np.testing.assert_array_equal(poor["scene_depth"], plain["depth"])
+    for i in range(4):
+        np.testing.assert_allclose(poor["depth"][i], ip.edge_poor_depth(plain["depth"][i], 4), atol=1e-6)
+    assert np.abs(poor["depth"] - plain["depth"]).max() > 0.1  # the synthetic scenes have depth edges
+    np.testing.assert_array_equal(none["depth"], plain["depth"])
+    np.testing.assert_array_equal(none["scene_depth"], plain["depth"])
+    with pytest.raises(UserError, match="edge_poor"):
+        ip.make_dataset(source, edge_poor=(1.5, 4), **kw)

@@ -134,6 +134,23 @@ def test_labels_come_from_the_inputs_not_the_ground_truth(student_batch):
     np.testing.assert_allclose(other_maps["edge"], base["edge"][::-1], atol=1e-6)
 
 
+def test_edge_poor_gt_label_windows_look_at_the_scene(student_batch):
+    """With edge-poor training GT (data.edge_poor_gt) the label pass's simulated predictor reads the sharp
+    scene (`scene_depth`, through `train.label_extras`), not the degraded target: the labels equal those of
+    the sharp batch and differ from windows predicted on the degraded depth."""
+    from sddr_jax.training.train import STEP_KEYS, label_extras
+
+    b = student_batch
+    poor = np.stack([pipeline.edge_poor_depth(d, 4) for d in b["depth"]])
+    host = {**b, "depth": poor, "scene_depth": b["depth"]}
+    fed = {**{k: host[k] for k in STEP_KEYS}, **label_extras(host)}
+    assert set(fed) == set(STEP_KEYS) | {"key"}
+    sharp = _labels({}, b, copy_high, ((2, 0.2),))
+    np.testing.assert_array_equal(_labels({}, fed, copy_high, ((2, 0.2),))["edge"], sharp["edge"])
+    degraded = _labels({}, {**b, "depth": poor}, copy_high, ((2, 0.2),))
+    assert np.abs(degraded["edge"] - sharp["edge"]).max() > 1e-2
+
+
 def test_stored_predictions_need_a_named_predictor(student_batch):
     c = _config()
     with pytest.raises(UserError, match="stores the base predictor's low/high maps"):

@@ -1,7 +1,7 @@
 """`mvs_synth`: MVS-Synth (training set, docs/method.md §10): GTA-V frames with EXR depth (inf = sky -> invalid).
 
-Depth is read from `depths/<frame>.exr` with a small built-in OpenEXR reader (scanline, NO/ZIPS/ZIP
-compression); `.npy` or `.pfm` depth files with the same stem are accepted too (e.g. after a conversion).
+Depth is read from `depths/<frame>.exr` with the OpenEXR library (every compression it supports, scanline
+or tiled); `.npy` or `.pfm` depth files with the same stem are accepted too (e.g. after a conversion).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ Every stage is a grain transformation, so `iterator.get_state()` / `set_state()`
 simulated-predictor noise depend only on (seed, process index, position in the stream).
 
 Batch dict (docs/architecture.md): `rgb (B,S,S,3)` float32 in [0,1], `low`/`high (B,S,S,1)` float32 in [0,1]
-(min-max normalised per example), `depth (B,S,S,1)` float32, `valid (B,S,S,1)` bool (finite and > 0).
+(min-max normalised per example), `depth (B,S,S,1)` float32, `valid (B,S,S,1)` bool (finite and > 0); with
+`edge_poor` also `scene_depth (B,S,S,1)`, the sharp depth behind an edge-poor `depth`.
 
 What the paper leaves open and we chose (docs/method.md §10: "augmentation similar to GBDF", GBDF resizes to 2048²):
 a random crop covering `crop_scale` of each side (1.0 = the whole image), squashed to S x S like the
@@ -168,6 +169,31 @@ def process_example(example: Mapping[str, Any], size: int, augment: AugmentConfi
     }
 
 
+def edge_poor_depth(depth: np.ndarray, factor: int) -> np.ndarray:
+    """An edge-poor measurement of a sharp depth map (H, W[, 1]): area-averaged to 1/`factor` of each side,
+    then bilinearly upsampled back (docs/method.md §10, "Edge-poor ground truth").
+
+    A stand-in for the ground truth of the paper's natural-scene training sets (stereo or optical-flow
+    disparity, computed at a fraction of the image resolution and smooth across depth edges). Invalid
+    pixels (not finite or <= 0) are filled with the valid mean before resampling and stay invalid.
+    """
+    factor = int(factor)
+    if factor < 1:
+        raise UserError(f"edge_poor_depth: factor must be >= 1, got {factor}")
+    d = np.asarray(depth, np.float32)
+    squeeze = d.ndim == 3
+    d2 = d[..., 0] if squeeze else d
+    if factor == 1:
+        return d.copy()
+    valid = np.isfinite(d2) & (d2 > 0)
+    filled = np.where(valid, d2, d2[valid].mean() if valid.any() else 0.0).astype(np.float32)
+    h, w = d2.shape
+    small = cv2.resize(filled, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = np.where(valid, out, d2).astype(np.float32)
+    return out[..., None] if squeeze else out
+
+
 # --------------------------------------------------------------------------------------------------------
 # The simulated base predictor (sddr_jax.noise.simulate_prediction), applied per batch in one jitted call.
 
@@ -256,6 +282,7 @@ def make_dataset(
     skip_corrupt: bool = False,
     skip_counter: SkipCounter | None = None,
     shard: tuple[int, int] | None = None,
+    edge_poor: tuple[float, int] | None = None,
 ) -> grain.IterDataset:
     """The grain dataset of device-ready batches from a random-access `source` (e.g. `data_source(...)`).
 
@@ -278,6 +305,9 @@ def make_dataset(
       skip_corrupt: skip records that fail to decode (each logged; counted in `skip_counter`); by default
         a corrupt record raises UserError naming it.
       shard: (process_count, process_index); default from JAX (`ShardByJaxProcess`).
+      edge_poor: (fraction, factor): replace the ground truth of this fraction of the examples (drawn per
+        example, after its augmentation draws) with `edge_poor_depth(depth, factor)`; the sharp map stays in
+        `scene_depth` (every example has it), which is what the simulated predictor reads. None: off.
 
     Returns:
       A grain `IterDataset`; `iter(ds)` is a `grain.DatasetIterator` with `get_state()`/`set_state()`.
@@ -296,6 +326,10 @@ def make_dataset(
     if augment is None:
         augment = AugmentConfig() if train else AugmentConfig.none()
     augment.validate()
+    if edge_poor is not None:
+        fraction, factor = float(edge_poor[0]), int(edge_poor[1])
+        if not 0.0 <= fraction <= 1.0 or factor < 1:
+            raise UserError(f"edge_poor: expected (fraction in [0, 1], factor >= 1), got {tuple(edge_poor)}")
     if drop_remainder is None:
         drop_remainder = train
     n = len(source)
@@ -324,6 +358,11 @@ def make_dataset(
             counter.reasons.append(str(e))
             log.warning("skipping corrupt record (stream index %d): %s; %d skipped so far", index, e, counter.count)
             return None
+        if edge_poor is not None:
+            # The draw comes after the augmentation's, so crops and jitter are those of a run without it.
+            element["scene_depth"] = element["depth"]
+            if rng.uniform() < fraction:
+                element["depth"] = edge_poor_depth(element["depth"], factor)
         element["index"] = np.uint32(index % 2**32)
         return element
 
@@ -341,7 +380,8 @@ def make_dataset(
         batch["has_pred"] = has_pred
         if simulator is not None and (simulate is True or not has_pred.all()):
             # Invalid GT filled with the image's valid mean, exactly as the label pass does (labels.label_body).
-            gt = fill_invalid(batch["depth"], batch["valid"], axis=(1, 2, 3))
+            # The predictor looks at the scene: the sharp depth when the GT is an edge-poor measurement of it.
+            gt = fill_invalid(batch.get("scene_depth", batch["depth"]), batch["valid"], axis=(1, 2, 3))
             low, high, batch["key"] = simulator(gt, index, batch["rgb"])
             keep = has_pred[:, None, None, None] if simulate == "auto" else np.zeros_like(has_pred)[:, None, None, None]
             batch["low"] = np.where(keep, batch["low"], low)
@@ -388,6 +428,9 @@ class TrainData:
 
     def _dataset(self, split: str, train: bool, batch_size: int, num_epochs=None):
         d = self.config.data
+        poor = dict(d.get("edge_poor_gt", {}) or {})
+        edge_poor = (float(poor.get("fraction", 0.0)), int(poor.get("factor", 4))) if train and float(
+            poor.get("fraction", 0.0) or 0.0) > 0 else None
         source = data_source(d.name, self.data_dir, split, self.builder_config)
         augment = AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                             for k, v in d.augment.items()}) if train else None
@@ -395,7 +438,7 @@ class TrainData:
             source, image_size=int(d.image_size), global_batch_size=batch_size, seed=int(self.config.seed),
             train=train, num_epochs=num_epochs, augment=augment, drop_remainder=train,
             predictor_kwargs=self.predictor_kwargs, num_threads=int(d.num_threads),
-            prefetch_buffer_size=int(d.prefetch_buffer_size))
+            prefetch_buffer_size=int(d.prefetch_buffer_size), edge_poor=edge_poor)
 
     def train_iterator(self):
         """A checkpointable grain iterator over training batches (shuffled, augmented, repeated forever)."""

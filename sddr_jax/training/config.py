@@ -77,6 +77,11 @@ def check_config(config: Any) -> None:
                         f"{t.gt_only_steps} and {t.label_refresh_steps}")
     if t.parallel not in PARALLEL_MODES:
         raise UserError(f"config.train.parallel: expected one of {PARALLEL_MODES}, got {t.parallel!r}")
+    poor = dict(config.data.get("edge_poor_gt", {}) or {})
+    fraction, factor = poor.get("fraction", 0.0), poor.get("factor", 4)
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1 or not isinstance(factor, int) or factor < 1:
+        raise UserError("config.data.edge_poor_gt: expected fraction in [0, 1] and an integer factor >= 1, got "
+                        f"fraction={fraction!r}, factor={factor!r}")
     s = int(config.data.image_size)
     if s % 128:
         raise UserError(f"config.data.image_size: the refiner needs a multiple of 128, got {s}")

@@ -228,6 +228,19 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, loss_config: Any, tx:
     return parallelize(fn, kinds, ("replicated", "replicated"), parallel=parallel, mesh=mesh, donate_argnums=(0,))
 
 
+STEP_KEYS = ("rgb", "low", "high", "depth", "valid")
+
+
+def label_extras(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """What the label pass reads beyond the step's inputs (`STEP_KEYS`): the examples' simulation keys, and
+    as `depth` the scene's sharp depth when the ground truth is an edge-poor measurement of it
+    (`data.edge_poor_gt`): the simulated predictor looks at the scene, as in the data pipeline."""
+    extra = {k: batch[k] for k in ("key",) if k in batch}
+    if "scene_depth" in batch:
+        extra["depth"] = batch["scene_depth"]
+    return extra
+
+
 def starts_label_round(step: int, gt_only_steps: int, refresh_steps: int) -> bool:
     """Whether the teacher is refreshed before step `step` (0-based): at gt_only_steps, then every
     refresh_steps. Between refreshes the labels come from the same frozen teacher, never the live params."""
@@ -431,7 +444,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         batch = next(train_iter)
         if step == start and self_distill:  # before any step: the labels must come from the inputs' predictor
             check_label_source(config, batch)
-        dev = placement.shard({k: batch[k] for k in ("rgb", "low", "high", "depth", "valid") if k in batch})
+        dev = placement.shard({k: batch[k] for k in STEP_KEYS if k in batch})
         if not self_distill:
             state, metrics = step_fn(state, dev)
         elif teacher is None:  # phase 1 of a self-distillation run
@@ -440,8 +453,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
                                                                         "key") if k in batch})
             state, metrics = step_fn(state, dev, placeholder, use_labels[False])
         else:
-            labels = label_fn(teacher, {**dev, **placement.shard({"key": batch["key"]})} if "key" in batch
-                              else dev, label_pred)
+            extra = label_extras(batch)
+            labels = label_fn(teacher, {**dev, **placement.shard(extra)} if extra else dev, label_pred)
             state, metrics = step_fn(state, dev, labels, use_labels[True])
         done = step + 1
         if done % int(t.log_every) == 0 or done == num_steps:
