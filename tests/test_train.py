@@ -347,3 +347,26 @@ def test_finished_demo_is_not_retrained(tmp_path, capsys):
     assert "already trained to step 140; nothing was trained or evaluated again" in said
     assert "| δ1 | **0.95** |" in said
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_background_compile_fills_the_call_cache(caplog):
+    """A program compiled by `BackgroundCompile` is not compiled again by the call that follows (pmap, as
+    the training loop uses it); an argument of another shape still compiles."""
+    import logging
+
+    from sddr_jax.training.train import BackgroundCompile
+
+    fn = jax.pmap(lambda x: jnp.tanh(x) @ x.T + 0.123)
+    x = jnp.ones((1, 8, 8))
+    job = BackgroundCompile(fn, x)
+    job.wait()
+    assert job.error is None and job.seconds > 0
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        caplog.clear()
+        np.testing.assert_allclose(np.asarray(fn(x))[0], np.tanh(1.0) * 8 + 0.123, rtol=1e-6)
+        assert not [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+        fn(jnp.ones((1, 4, 4)))
+        assert [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+    failing = BackgroundCompile(jax.jit(lambda x: x @ x), jnp.ones((2, 3)))  # shape error, kept for the call
+    failing.wait()
+    assert failing.error is not None

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -241,6 +242,33 @@ def label_extras(batch: Mapping[str, Any]) -> dict[str, Any]:
     return extra
 
 
+class BackgroundCompile:
+    """Compiles `fn` for `args` (shapes, dtypes and shardings only) in a thread, so that XLA builds it on a
+    second core while the main thread compiles and runs other programs; the later call of `fn` with arguments
+    of that signature finds the executable in JAX's in-memory cache. `wait()` before the first call (a call
+    racing the thread would compile a second time). A failure is not raised here: the real call raises it."""
+
+    def __init__(self, fn: Callable, *args: Any):
+        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+                             args)
+        self.seconds = float("nan")
+        self.error: BaseException | None = None
+
+        def run():
+            t0 = time.perf_counter()
+            try:
+                fn.lower(*specs).compile()
+            except Exception as e:  # noqa: BLE001 -- reported by the real call
+                self.error = e
+            self.seconds = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=run, name="sddr-jax-compile", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+
 def starts_label_round(step: int, gt_only_steps: int, refresh_steps: int) -> bool:
     """Whether the teacher is refreshed before step `step` (0-based): at gt_only_steps, then every
     refresh_steps. Between refreshes the labels come from the same frozen teacher, never the live params."""
@@ -378,7 +406,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     # labels and use_labels=False. A run without it needs only the L_gt step.
     step_fn = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
                               ema_decay=ema_decay, with_labels="switch" if self_distill else False)
-    label_fn = label_pred = placeholder = None
+    label_fn = label_pred = placeholder = label_compile = None
     if self_distill:
         kind, predictor = label_predictor(config)
         label_kwargs = dict(label_options(config), with_depth=float(config.loss.get("w_rank", 0.0)) != 0.0)
@@ -445,6 +473,11 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         if step == start and self_distill:  # before any step: the labels must come from the inputs' predictor
             check_label_source(config, batch)
         dev = placement.shard({k: batch[k] for k in STEP_KEYS if k in batch})
+        if self_distill and teacher is None and label_compile is None and step < gt_steps:
+            # Phase 1: build the label pass on the second core while the step compiles and runs.
+            extra = label_extras(batch)
+            label_compile = BackgroundCompile(label_fn, state.params, {**dev, **placement.shard(extra)} if extra
+                                              else dev, label_pred)
         if not self_distill:
             state, metrics = step_fn(state, dev)
         elif teacher is None:  # phase 1 of a self-distillation run
@@ -453,6 +486,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
                                                                         "key") if k in batch})
             state, metrics = step_fn(state, dev, placeholder, use_labels[False])
         else:
+            if label_compile is not None:
+                label_compile.wait()
             extra = label_extras(batch)
             labels = label_fn(teacher, {**dev, **placement.shard(extra)} if extra else dev, label_pred)
             state, metrics = step_fn(state, dev, labels, use_labels[True])
