@@ -186,7 +186,7 @@ def edge_poor_depth(depth: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return d.copy()
     valid = np.isfinite(d2) & (d2 > 0)
-    filled = np.where(valid, d2, d2[valid].mean() if valid.any() else 0.0).astype(np.float32)
+    filled = fill_invalid(d2, valid, axis=(0, 1))
     h, w = d2.shape
     small = cv2.resize(filled, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
     out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -428,9 +428,9 @@ class TrainData:
 
     def _dataset(self, split: str, train: bool, batch_size: int, num_epochs=None):
         d = self.config.data
-        poor = dict(d.get("edge_poor_gt", {}) or {})
-        edge_poor = (float(poor.get("fraction", 0.0)), int(poor.get("factor", 4))) if train and float(
-            poor.get("fraction", 0.0) or 0.0) > 0 else None
+        poor = dict(d.get("edge_poor_gt") or {})
+        fraction = float(poor.get("fraction", 0.0))
+        edge_poor = (fraction, int(poor.get("factor", 4))) if train and fraction > 0 else None
         source = data_source(d.name, self.data_dir, split, self.builder_config)
         augment = AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                             for k, v in d.augment.items()}) if train else None

@@ -416,6 +416,11 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         label_pred = placement.replicate(predictor)
         use_labels = {flag: placement.replicate(np.bool_(flag)) for flag in (False, True)}
 
+        def label_inputs(batch: Mapping[str, np.ndarray], dev: Mapping[str, Any]) -> dict[str, Any]:
+            """The label pass's inputs on device: the step's (`dev`) with `label_extras(batch)` laid over."""
+            extra = label_extras(batch)
+            return {**dev, **placement.shard(extra)} if extra else dict(dev)
+
         def placeholder_labels(label_inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             """Zeros shaped like this process's labels (what phase 1 passes to the step; never read)."""
             shapes = label_shapes(label_inputs, **label_kwargs)
@@ -475,9 +480,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         dev = placement.shard({k: batch[k] for k in STEP_KEYS if k in batch})
         if self_distill and teacher is None and label_compile is None and step < gt_steps:
             # Phase 1: build the label pass on the second core while the step compiles and runs.
-            extra = label_extras(batch)
-            label_compile = BackgroundCompile(label_fn, state.params, {**dev, **placement.shard(extra)} if extra
-                                              else dev, label_pred)
+            label_compile = BackgroundCompile(label_fn, state.params, label_inputs(batch, dev), label_pred)
         if not self_distill:
             state, metrics = step_fn(state, dev)
         elif teacher is None:  # phase 1 of a self-distillation run
@@ -488,8 +491,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         else:
             if label_compile is not None:
                 label_compile.wait()
-            extra = label_extras(batch)
-            labels = label_fn(teacher, {**dev, **placement.shard(extra)} if extra else dev, label_pred)
+            labels = label_fn(teacher, label_inputs(batch, dev), label_pred)
             state, metrics = step_fn(state, dev, labels, use_labels[True])
         done = step + 1
         if done % int(t.log_every) == 0 or done == num_steps:
