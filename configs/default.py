@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         log_every=50, eval_every=2_000, checkpoint_every=1_000, keep_checkpoints=3, async_checkpoints=True,
         best_metric="d3r", best_mode="min", ema_decay=0.0, max_consecutive_nonfinite=100,
         progress_bar=True, tensorboard=True,
+        xla_cpu_optimization_level=-1,  # -1: XLA's default; 0-3 on the CPU backend (0-1 compile faster)
         allow_schedule_change=False,  # resume a checkpoint whose gt_only / refresh / lr schedule differs
     ))
     c.eval = ml_collections.ConfigDict(dict(batch_size=2, num_examples=0, edge_metrics=True))

@@ -231,3 +231,16 @@ def test_edge_poor_gt_degrades_only_the_target(source):
     np.testing.assert_array_equal(none["scene_depth"], plain["depth"])
     with pytest.raises(UserError, match="edge_poor"):
         ip.make_dataset(source, edge_poor=(1.5, 4), **kw)
+
+
+def test_batch_spec_is_the_batches_layout(source):
+    """`batch_spec` (what the training step is compiled for before any data is read) is the layout of real
+    batches: training (simulated, edge-poor) and held-out, every key."""
+    kw = dict(image_size=S, global_batch_size=4, seed=5, shard=(1, 0))
+    for ds in (ip.make_dataset(source, edge_poor=(0.5, 4), **kw), ip.make_dataset(source, train=False, **kw)):
+        (batch,) = _batches(ds, 1)
+        spec = ip.batch_spec(S, 4, tuple(batch))
+        assert {k: (v.shape, np.dtype(v.dtype)) for k, v in spec.items()} == {
+            k: (v.shape, v.dtype) for k, v in batch.items()}
+    with pytest.raises(UserError, match="unknown key.*'name'"):
+        ip.batch_spec(S, 4, ("rgb", "name"))

@@ -244,6 +244,8 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     result = json.loads((a / "result.json").read_text())
     assert set(result["eval"]) == {"refined", "low", "high"}
     assert 0 < result["eval"]["refined"]["delta1"] <= 1
+    # Every program ran as built ahead of its call, from shapes alone (nothing compiled twice).
+    assert {k: v["fallback_calls"] for k, v in result["compile"].items()} == {"step": 0, "eval": 0, "labels": 0}
 
     # The checkpoint carries its model config (cross_iterations=2): refine and evaluate build that model.
     _tiny_checkpoint_through_the_cli(a, data_dir, root)
@@ -276,6 +278,8 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     log_b = [json.loads(line) for line in (b / "train.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in log_b] == [1, 2, 3, 4, 5, 6]
     assert [rec["loss"] for rec in log_b] == [rec["loss"] for rec in log]
+    resumed = json.loads((b / "result.json").read_text())["compile"]
+    assert {k: v["fallback_calls"] for k, v in resumed.items()} == {"step": 0, "eval": 0, "labels": 0}
     # 4. An incompatible config is refused with a clear message (exit code 2).
     r = subprocess.run(_train_cmd(b, data_dir, "--config.model.cross_iterations=3"), env=env, capture_output=True,
                        text=True, timeout=300)
@@ -349,24 +353,94 @@ def test_finished_demo_is_not_retrained(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
 
 
-def test_background_compile_fills_the_call_cache(caplog):
-    """A program compiled by `BackgroundCompile` is not compiled again by the call that follows (pmap, as
-    the training loop uses it); an argument of another shape still compiles."""
+def test_background_compile_runs_its_program(caplog):
+    """A `BackgroundCompile` call runs the program built in its thread (nothing compiles at the call; pmap, as
+    the training loop uses it), with its compiler options; without options that program is also the one a
+    plain call of the function finds in JAX's cache. Another signature falls back to the function, counted."""
     import logging
 
     from sddr_jax.training.train import BackgroundCompile
 
     fn = jax.pmap(lambda x: jnp.tanh(x) @ x.T + 0.123)
     x = jnp.ones((1, 8, 8))
-    job = BackgroundCompile(fn, x)
-    job.wait()
-    assert job.error is None and job.seconds > 0
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    fast = BackgroundCompile(fn, spec, compiler_options={"xla_backend_optimization_level": 0})
+    plain = BackgroundCompile(fn, x)
+    plain.wait()
+    assert plain.error is None and plain.seconds > 0
     with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
         caplog.clear()
+        np.testing.assert_allclose(np.asarray(fast(x))[0], np.tanh(1.0) * 8 + 0.123, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(fn(x))[0], np.tanh(1.0) * 8 + 0.123, rtol=1e-6)
         assert not [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
-        fn(jnp.ones((1, 4, 4)))
+        assert fast.fallback_calls == 0
+        np.testing.assert_allclose(np.asarray(fast(jnp.ones((1, 4, 4))))[0], np.tanh(1.0) * 4 + 0.123, rtol=1e-6)
         assert [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+        assert fast.fallback_calls == 1
     failing = BackgroundCompile(jax.jit(lambda x: x @ x), jnp.ones((2, 3)))  # shape error, kept for the call
     failing.wait()
     assert failing.error is not None
+    with pytest.raises(TypeError):
+        failing(jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_early_compile_specs_are_the_first_calls_signature(parallel):
+    """The step, the label pass and the evaluation are compiled from `early_compile_specs` before any parameter
+    is drawn or data read; their signatures must be those of the loop's calls (else they are built twice)."""
+    from sddr_jax.models.refiner import build_refiner
+    from sddr_jax.training.config import load_config
+    from sddr_jax.training.labels import label_options, label_predictor, label_shapes
+    from sddr_jax.training.train import EVAL_KEYS, STEP_KEYS, _signature, early_compile_specs, label_extras
+
+    config = load_config(str(REPO / "configs/synthetic.py") + ":tiny,edge_poor")
+    model = build_refiner(config.model)
+    tx = T.make_optimizer(config.optimizer, 6)
+    placement = T.Placement(parallel)
+    label_kwargs = dict(label_options(config), with_depth=False)
+    kind, predictor = label_predictor(config)
+    specs = early_compile_specs(config, model, tx, placement, ema=True, label_kwargs=label_kwargs,
+                                label_predictor=(kind, predictor))
+    params = T.initial_params(config, model, 0)
+    state = placement.replicate(jax.device_get(T.create_train_state(params, tx, 0, ema=True)))
+    rows, size = config.data.batch_size, config.data.image_size
+    rng = np.random.default_rng(0)
+    host = {"rgb": rng.random((rows, size, size, 3), np.float32), "valid": np.ones((rows, size, size, 1), bool),
+            "key": rng.integers(0, 2**32, (rows, 2), dtype=np.uint32), "has_pred": np.zeros(rows, bool),
+            **{k: rng.random((rows, size, size, 1), np.float32) for k in ("low", "high", "depth", "scene_depth")}}
+    dev = placement.shard({k: host[k] for k in STEP_KEYS})
+    placeholder = placement.shard({k: np.zeros(v.shape, v.dtype) for k, v in label_shapes(host, **label_kwargs).items()})
+    assert _signature(specs["step"]) == _signature((state, dev, placeholder, placement.replicate(np.bool_(False))))
+    inputs = {**dev, **placement.shard(label_extras(host, simulated=kind == "simulated"))}
+    assert _signature(specs["labels"]) == _signature((state.params, inputs, placement.replicate(predictor)))
+    ev_rows = config.eval.batch_size
+    assert _signature(specs["eval"]) == _signature((state.params, placement.shard(
+        {k: host[k][:ev_rows] for k in EVAL_KEYS})))
+    plain = early_compile_specs(config, model, tx, placement, ema=False)
+    assert set(plain) == {"step", "eval"} and len(plain["step"]) == 2 and plain["step"][0].ema_params is None
+
+
+def test_metric_log_writes_tensorboard_without_importing_torch(tmp_path):
+    """TensorBoard events are written (the scalar reads back) and tensorboardX's optional `import torch` is not
+    paid (about 3 s where torch is installed); torch still imports afterwards."""
+    code = f"""
+import sys, pathlib
+from sddr_jax.training.log import MetricLog
+log = MetricLog(pathlib.Path({str(tmp_path)!r}), "train")
+log.write(3, {{"loss": 0.25, "note": "x"}}, prefix="train/")
+log.close()
+print("torch" in sys.modules)
+import struct
+from tensorboardX.proto.event_pb2 import Event
+(path,) = pathlib.Path({str(tmp_path / "tensorboard")!r}).iterdir()
+data, scalars = path.read_bytes(), []
+while data:  # TFRecord framing: length (8), its CRC (4), the record, its CRC (4)
+    (n,) = struct.unpack("<Q", data[:8])
+    event = Event.FromString(data[12:12 + n])
+    data = data[16 + n:]
+    scalars += [(event.step, v.simple_value) for v in event.summary.value if v.tag == "train/loss"]
+print(scalars)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["False", "[(3,", "0.25)]"]

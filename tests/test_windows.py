@@ -104,12 +104,12 @@ def test_feather_mask():
     base = W.feather_base()
     assert base.shape == (3000, 3000) and base.dtype == np.float32
     assert base.min() == 0.0 and abs(base.max() - 1.0) < 1e-6
-    # Separable check: the blur of a product of 1-D boxes is the product of the 1-D blurs.
-    v = np.zeros((1, 3000), np.float32)
-    v[0, 450:2550] = 1
-    b = cv2.GaussianBlur(v, (749, 1), 187, sigmaY=187)[0].astype(np.float64)
-    o = np.outer(b, b)
-    np.testing.assert_allclose(base, (o - o.min()) / (o.max() - o.min()), atol=3e-6)
+    # The official definition: the 2-D blur (749 x 749, sigma 187) of ones on [450, 2550)^2, min-max normalised
+    # (feather_base computes it as the outer product of a 1-D blur).
+    image = np.zeros((3000, 3000), np.float32)
+    image[450:2550, 450:2550] = 1
+    official = cv2.GaussianBlur(image, (749, 749), 187)
+    np.testing.assert_allclose(base, (official - official.min()) / (official.max() - official.min()), atol=3e-6)
     m = W.feather_mask(433, 769)
     np.testing.assert_array_equal(m, cv2.resize(base, (769, 433), interpolation=cv2.INTER_LINEAR))
     assert W.feather_mask(433, 769) is m  # cached

@@ -401,6 +401,22 @@ def data_dir_of(config: Any) -> pathlib.Path:
     return pathlib.Path(d).expanduser()
 
 
+def batch_spec(image_size: int, batch_size: int, keys=("rgb", "low", "high", "depth", "valid")
+               ) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of `keys` of a `make_dataset` batch of `batch_size` rows at `image_size` (the batch dict
+    of this module's docstring), known before any data is read: the training loop compiles its step from it
+    while the dataset is still being built. `tests/test_input_pipeline.py` checks it against real batches."""
+    s, b = int(image_size), int(batch_size)
+    layout = {"rgb": ((b, s, s, 3), np.float32), "low": ((b, s, s, 1), np.float32),
+              "high": ((b, s, s, 1), np.float32), "depth": ((b, s, s, 1), np.float32),
+              "valid": ((b, s, s, 1), np.bool_), "scene_depth": ((b, s, s, 1), np.float32),
+              "has_pred": ((b,), np.bool_), "key": ((b, 2), np.uint32)}
+    unknown = set(keys) - set(layout)
+    if unknown:
+        raise UserError(f"batch_spec: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(layout))}")
+    return {k: jax.ShapeDtypeStruct(*layout[k]) for k in keys}
+
+
 class TrainData:
     """The training stream and the held-out batches of `config.data` (built with `make_dataset`).
 

@@ -139,11 +139,15 @@ def window_grid(height: int, width: int, pieces: int, cover: float) -> tuple[Win
 
 @functools.lru_cache(maxsize=1)
 def feather_base() -> np.ndarray:
-    # The 3000 x 3000 blur with a 749 kernel costs ~3 s on one core: computed once per process, lazily.
-    mask = np.zeros((_FEATHER_SIZE, _FEATHER_SIZE), np.float32)
-    lo, hi = _FEATHER_BORDER, _FEATHER_SIZE - _FEATHER_BORDER
-    mask[lo:hi, lo:hi] = 1.0
-    mask = cv2.GaussianBlur(mask, (_FEATHER_KSIZE, _FEATHER_KSIZE), _FEATHER_SIGMA)
+    """The official 3000 x 3000 feather image (see `feather_mask`), min-max normalised, read-only float32.
+
+    The blurred image is a product of two 1-D boxes and the Gaussian blur is separable, so it is the outer
+    product of one 1-D blur of the box (same kernel, same OpenCV border): 4 ms instead of ~3 s for the 2-D
+    blur with a 749 x 749 kernel. `tests/test_windows.py` checks it against the 2-D blur (within 3e-6)."""
+    box = np.zeros((1, _FEATHER_SIZE), np.float32)
+    box[0, _FEATHER_BORDER:_FEATHER_SIZE - _FEATHER_BORDER] = 1.0
+    line = cv2.GaussianBlur(box, (_FEATHER_KSIZE, 1), _FEATHER_SIGMA, sigmaY=_FEATHER_SIGMA)[0].astype(np.float64)
+    mask = np.outer(line, line)
     mask = ((mask - mask.min()) / (mask.max() - mask.min())).astype(np.float32)
     mask.setflags(write=False)
     return mask

@@ -77,6 +77,10 @@ def check_config(config: Any) -> None:
                         f"{t.gt_only_steps} and {t.label_refresh_steps}")
     if t.parallel not in PARALLEL_MODES:
         raise UserError(f"config.train.parallel: expected one of {PARALLEL_MODES}, got {t.parallel!r}")
+    level = t.get("xla_cpu_optimization_level", -1)
+    if not isinstance(level, int) or not -1 <= level <= 3:
+        raise UserError(f"config.train.xla_cpu_optimization_level: expected an integer in -1..3 (-1: XLA's "
+                        f"default), got {level!r}")
     poor = dict(config.data.get("edge_poor_gt", {}) or {})
     fraction, factor = poor.get("fraction", 0.0), poor.get("factor", 4)
     if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1 or not isinstance(factor, int) or factor < 1:

@@ -12,6 +12,25 @@ import numpy as np
 from sddr_jax.io import write_text_atomic
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch: its writer module tries `import torch` only to
+    accept torch tensors (we log floats), which costs ~3 s on a 2-core machine where torch is installed. A
+    process that has already imported torch keeps it; otherwise the import sees torch as absent and the
+    `sys.modules` entry is restored after, so torch imports normally later."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricLog:
     """Metrics as JSON lines (`<workdir>/<name>.jsonl`) and TensorBoard events (`<workdir>/tensorboard`).
 
@@ -36,8 +55,7 @@ class MetricLog:
                     kept.append(line)
             write_text_atomic(self.path, "".join(k + "\n" for k in kept), overwrite=True)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, values: Mapping[str, Any], prefix: str = "") -> None:

@@ -78,6 +78,32 @@ class Placement:
         sharding = NamedSharding(self.mesh, P())
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
+    def replicated_spec(self, tree: Any) -> Any:
+        """`jax.ShapeDtypeStruct`s (with shardings) of what `replicate(tree)` returns, from shapes alone
+        (`tree`'s leaves need `.shape` and `.dtype`): what a program compiled ahead of its call is built for."""
+        if self.parallel == "pmap":
+            n = self.num_local_devices
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype, sharding=self._local),
+                                tree)
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding), tree)
+
+    def sharded_spec(self, batch: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+        """Like `replicated_spec`, for what `shard(batch)` returns (this process's rows in `batch`)."""
+        n = self.num_local_devices
+        out = {}
+        for k, v in batch.items():
+            rows = int(v.shape[0])
+            if rows % n:
+                raise UserError(f"batch key {k!r}: {rows} rows do not split over {n} local devices; "
+                                "choose a batch size that is a multiple of the device count")
+            if self.parallel == "pmap":
+                out[k] = jax.ShapeDtypeStruct((n, rows // n) + tuple(v.shape[1:]), v.dtype, sharding=self._local)
+            else:
+                out[k] = jax.ShapeDtypeStruct((rows * jax.process_count(),) + tuple(v.shape[1:]), v.dtype,
+                                              sharding=NamedSharding(self.mesh, P(AXIS)))
+        return out
+
     def unreplicate(self, tree: Any) -> Any:
         """Host numpy copy of a replicated value (the first local device's copy)."""
         if self.parallel == "pmap":

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from sddr_jax import convert, losses
 from sddr_jax.checkpoints import load_refiner
-from sddr_jax.data.pipeline import TrainData
+from sddr_jax.data.pipeline import TrainData, batch_spec
 from sddr_jax.errors import UserError
 from sddr_jax.eval.evaluate import evaluate_maps, summarize
 from sddr_jax.io import write_json_atomic
@@ -232,32 +232,53 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable, loss_config: Any, tx:
 STEP_KEYS = ("rgb", "low", "high", "depth", "valid")
 
 
-def label_extras(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """What the label pass reads beyond the step's inputs (`STEP_KEYS`): the examples' simulation keys, and
-    as `depth` the scene's sharp depth when the ground truth is an edge-poor measurement of it
-    (`data.edge_poor_gt`): the simulated predictor looks at the scene, as in the data pipeline."""
-    extra = {k: batch[k] for k in ("key",) if k in batch}
+def label_extras(batch: Mapping[str, Any], *, simulated: bool = True) -> dict[str, Any]:
+    """What the label pass reads beyond the step's inputs (`STEP_KEYS`): with the simulated predictor
+    (`simulated`) the examples' simulation keys, and as `depth` the scene's sharp depth when the ground truth is
+    an edge-poor measurement of it (`data.edge_poor_gt`): the predictor looks at the scene, as in the data
+    pipeline."""
+    extra = {k: batch[k] for k in ("key",) if k in batch and simulated}
     if "scene_depth" in batch:
         extra["depth"] = batch["scene_depth"]
     return extra
 
 
-class BackgroundCompile:
-    """Compiles `fn` for `args` (shapes, dtypes and shardings only) in a thread, so that XLA builds it on a
-    second core while the main thread compiles and runs other programs; the later call of `fn` with arguments
-    of that signature finds the executable in JAX's in-memory cache. `wait()` before the first call (a call
-    racing the thread would compile a second time). A failure is not raised here: the real call raises it."""
+def label_input_keys(simulated: bool) -> tuple[str, ...]:
+    """The keys of the label pass's batch: the step's, and the simulation keys with the simulated predictor."""
+    return STEP_KEYS + (("key",) if simulated else ())
 
-    def __init__(self, fn: Callable, *args: Any):
+
+def _signature(args: Any) -> tuple:
+    """What a compiled program is specialised to: the tree of the arguments and each leaf's shape, dtype and
+    sharding (None where it has none)."""
+    leaves, tree = jax.tree.flatten(args)
+    return tree, tuple((tuple(a.shape), np.dtype(a.dtype), getattr(a, "sharding", None)) for a in leaves)
+
+
+class BackgroundCompile:
+    """`fn` compiled for `args` (shapes, dtypes and shardings only; arrays or `jax.ShapeDtypeStruct`s) in a
+    thread, so that XLA builds it on a second core while the main thread compiles and runs other programs.
+
+    Calling the object waits for the thread, then runs that executable for arguments of the same signature
+    and `fn` itself for any other (which compiles it the usual way). `compiler_options` are XLA options of
+    this build (`train.xla_cpu_optimization_level`, see `compiler_options`); without them the executable is
+    also the one a plain call of `fn` finds in JAX's cache. A failure is not raised here: `fn`'s call raises it."""
+
+    def __init__(self, fn: Callable, *args: Any, compiler_options: Mapping[str, Any] | None = None):
+        self.fn = fn
         specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
                              args)
+        self._signature = _signature(specs)
+        self.compiled = None
+        self.fallback_calls = 0  # calls whose signature differed: `fn` ran (and compiled) instead
         self.seconds = float("nan")
         self.error: BaseException | None = None
+        options = dict(compiler_options) if compiler_options else None
 
         def run():
             t0 = time.perf_counter()
             try:
-                fn.lower(*specs).compile()
+                self.compiled = fn.lower(*specs).compile(options)
             except Exception as e:  # noqa: BLE001 -- reported by the real call
                 self.error = e
             self.seconds = time.perf_counter() - t0
@@ -267,6 +288,58 @@ class BackgroundCompile:
 
     def wait(self) -> None:
         self._thread.join()
+
+    def __call__(self, *args: Any) -> Any:
+        self.wait()
+        if self.compiled is not None and _signature(args) == self._signature:
+            return self.compiled(*args)
+        self.fallback_calls += 1
+        return self.fn(*args)
+
+
+def compiler_options(config: Any) -> dict[str, Any]:
+    """XLA options of the training programs: `train.xla_cpu_optimization_level` (-1: XLA's default) on the CPU
+    backend. Level 0-1 compiles the tiny run's step in 16-21 s instead of 25 s on 2 cores and costs up to 2.6x
+    its run time (docs/training.md); other backends ignore it."""
+    level = int(config.train.get("xla_cpu_optimization_level", -1))
+    if level < 0 or jax.default_backend() != "cpu":
+        return {}
+    return {"xla_backend_optimization_level": level}
+
+
+EVAL_KEYS = ("low", "high")
+
+
+def early_compile_specs(config: Any, model, tx: optax.GradientTransformation, placement: Placement, *,
+                        ema: bool, label_kwargs: Mapping[str, Any] | None = None,
+                        label_predictor: tuple[str, Any] | None = None) -> dict[str, tuple]:
+    """The arguments of the training loop's programs as `jax.ShapeDtypeStruct`s with their shardings, from the
+    config alone (no parameters drawn, no data read), so that they can be compiled ahead of their calls:
+
+    "step": `(state, batch[, placeholder labels, use_labels])` for `make_train_step` (with
+    `with_labels="switch"` when `label_kwargs` is given); "eval": `(params, {low, high})` for `eval_body`;
+    "labels" (with `label_kwargs` and `label_predictor` = `labels.label_predictor(config)`):
+    `(params, label batch, predictor)` for `label_body`. `tests/test_train.py` checks them against the real
+    arguments, whose programs must be the ones compiled from these."""
+    x = jax.ShapeDtypeStruct((1, 128, 128, 1), jnp.float32)
+    params = jax.eval_shape(lambda k, lo, hi: model.init(k, lo, hi, train=False)["params"],
+                            jax.ShapeDtypeStruct((2,), jnp.uint32), x, x)
+    state = jax.eval_shape(lambda p: create_train_state(p, tx, 0, ema=ema), params)
+    rows = int(config.data.batch_size) // jax.process_count()
+    size = int(config.data.image_size)
+    batch = batch_spec(size, rows, STEP_KEYS)
+    step = (placement.replicated_spec(state), placement.sharded_spec(batch))
+    if label_kwargs is not None:
+        step += (placement.sharded_spec(label_shapes(batch, **label_kwargs)),
+                 placement.replicated_spec(jax.ShapeDtypeStruct((), jnp.bool_)))
+    out = {"step": step, "eval": (placement.replicated_spec(params), placement.sharded_spec(
+        batch_spec(size, int(config.eval.batch_size), EVAL_KEYS)))}
+    if label_kwargs is not None and label_predictor is not None:
+        kind, predictor = label_predictor
+        out["labels"] = (placement.replicated_spec(params),
+                         placement.sharded_spec(batch_spec(size, rows, label_input_keys(kind == "simulated"))),
+                         placement.replicated_spec(predictor))
+    return out
 
 
 def starts_label_round(step: int, gt_only_steps: int, refresh_steps: int) -> bool:
@@ -375,6 +448,29 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     loss_config = config.loss
     tx = make_optimizer(config.optimizer, num_steps)
     ema_decay = float(t.get("ema_decay", 0.0))
+    placement = Placement(t.parallel)
+    mesh = placement.mesh
+    self_distill = gt_steps < num_steps
+    # With self-distillation both phases run one compiled step (`switched_loss`): phase 1 passes placeholder
+    # labels and use_labels=False. A run without it needs only the L_gt step.
+    step_fn = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
+                              ema_decay=ema_decay, with_labels="switch" if self_distill else False)
+    eval_fn = parallelize(functools.partial(eval_body, apply_fn=model.apply), ("replicated", "sharded"), "sharded",
+                          parallel=t.parallel, mesh=mesh)
+    label_kwargs = dict(label_options(config), with_depth=float(config.loss.get("w_rank", 0.0)) != 0.0)
+    label_fn = label_pred = placeholder = label_job = None
+    if self_distill:
+        kind, predictor = label_predictor(config)
+        label_fn = parallelize(functools.partial(label_body, **label_kwargs), ("replicated", "sharded", "replicated"),
+                               "sharded", parallel=t.parallel, mesh=mesh)
+    # The programs are built from shapes alone, in threads, while the parameters are drawn and the data is
+    # built (the longest compilation first); each call then runs the executable its thread built.
+    specs = early_compile_specs(config, model, tx, placement, ema=ema_decay > 0,
+                                label_kwargs=label_kwargs if self_distill else None,
+                                label_predictor=(kind, predictor) if self_distill else None)
+    options = compiler_options(config)
+    step_job = BackgroundCompile(step_fn, *specs["step"], compiler_options=options)
+    eval_job = BackgroundCompile(eval_fn, *specs["eval"], compiler_options=options)
     host_state = jax.device_get(create_train_state(initial_params(config, model, int(config.seed)), tx,
                                                    int(config.seed), ema=ema_decay > 0))
 
@@ -397,37 +493,25 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     elif jax.process_index() == 0:
         write_json_atomic(workdir / "config.json", checkpointing.config_to_dict(config))
 
-    placement = Placement(t.parallel)
-    mesh = placement.mesh
     state = placement.replicate(host_state)
     del host_state
-    self_distill = gt_steps < num_steps
-    # With self-distillation both phases run one compiled step (`switched_loss`): phase 1 passes placeholder
-    # labels and use_labels=False. A run without it needs only the L_gt step.
-    step_fn = make_train_step(model.apply, loss_fn, loss_config, tx, parallel=t.parallel, mesh=mesh,
-                              ema_decay=ema_decay, with_labels="switch" if self_distill else False)
-    label_fn = label_pred = placeholder = label_compile = None
     if self_distill:
-        kind, predictor = label_predictor(config)
-        label_kwargs = dict(label_options(config), with_depth=float(config.loss.get("w_rank", 0.0)) != 0.0)
-        label_body_fn = functools.partial(label_body, **label_kwargs)
-        label_fn = parallelize(label_body_fn, ("replicated", "sharded", "replicated"), "sharded",
-                               parallel=t.parallel, mesh=mesh)
         label_pred = placement.replicate(predictor)
         use_labels = {flag: placement.replicate(np.bool_(flag)) for flag in (False, True)}
 
         def label_inputs(batch: Mapping[str, np.ndarray], dev: Mapping[str, Any]) -> dict[str, Any]:
             """The label pass's inputs on device: the step's (`dev`) with `label_extras(batch)` laid over."""
-            extra = label_extras(batch)
+            extra = label_extras(batch, simulated=kind == "simulated")
             return {**dev, **placement.shard(extra)} if extra else dict(dev)
 
         def placeholder_labels(label_inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             """Zeros shaped like this process's labels (what phase 1 passes to the step; never read)."""
             shapes = label_shapes(label_inputs, **label_kwargs)
             return placement.shard({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()})
-    eval_fn = parallelize(functools.partial(eval_body, apply_fn=model.apply), ("replicated", "sharded"), "sharded",
-                          parallel=t.parallel, mesh=mesh)
-    copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+    # The teacher's copy keeps the params' layout (a plain jit may lay a one-device copy out otherwise, and the
+    # label program compiled for the params' layout would then be missed).
+    copy_tree = parallelize(lambda tree: jax.tree.map(jnp.copy, tree), ("replicated",), "replicated",
+                            parallel=t.parallel, mesh=mesh)
     teacher = placement.replicate(teacher_host) if teacher_host is not None else None
 
     log = MetricLog(workdir, "train", resume_step=start, tensorboard=bool(t.tensorboard))
@@ -441,7 +525,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         rows = []
         params = state.ema_params if state.ema_params is not None else state.params
         for batch, n_real in data.eval_batches(placement.num_local_devices):
-            refined = placement.gather(eval_fn(params, placement.shard(batch)))
+            refined = placement.gather(eval_job(params, placement.shard({k: batch[k] for k in EVAL_KEYS})))
             preds = {"refined": refined, "low": np.asarray(batch["low"]), "high": np.asarray(batch["high"])}
             rows += evaluate_maps({k: v[:n_real] for k, v in preds.items()}, np.asarray(batch["depth"])[:n_real],
                                   np.asarray(batch["valid"])[:n_real], edge_metrics=bool(config.eval.edge_metrics))
@@ -470,6 +554,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     schedule = make_schedule(config.optimizer, num_steps)
     tick, tick_step = time.perf_counter(), start
     metrics = None
+    if self_distill:  # started once the parameters and the data are ready (a third build before slows the step's)
+        label_job = BackgroundCompile(label_fn, *specs["labels"], compiler_options=options)
     for step in range(start, num_steps):
         if starts_label_round(step, gt_steps, refresh) or (step >= gt_steps and teacher is None):
             # A new pseudo-label round: the teacher is a frozen copy of the current params (docs/method.md §10).
@@ -478,21 +564,16 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         if step == start and self_distill:  # before any step: the labels must come from the inputs' predictor
             check_label_source(config, batch)
         dev = placement.shard({k: batch[k] for k in STEP_KEYS if k in batch})
-        if self_distill and teacher is None and label_compile is None and step < gt_steps:
-            # Phase 1: build the label pass on the second core while the step compiles and runs.
-            label_compile = BackgroundCompile(label_fn, state.params, label_inputs(batch, dev), label_pred)
         if not self_distill:
-            state, metrics = step_fn(state, dev)
+            state, metrics = step_job(state, dev)
         elif teacher is None:  # phase 1 of a self-distillation run
             if placeholder is None:
                 placeholder = placeholder_labels({k: batch[k] for k in ("rgb", "low", "high", "depth", "valid",
                                                                         "key") if k in batch})
-            state, metrics = step_fn(state, dev, placeholder, use_labels[False])
+            state, metrics = step_job(state, dev, placeholder, use_labels[False])
         else:
-            if label_compile is not None:
-                label_compile.wait()
-            labels = label_fn(teacher, label_inputs(batch, dev), label_pred)
-            state, metrics = step_fn(state, dev, labels, use_labels[True])
+            labels = label_job(teacher, label_inputs(batch, dev), label_pred)
+            state, metrics = step_job(state, dev, labels, use_labels[True])
         done = step + 1
         if done % int(t.log_every) == 0 or done == num_steps:
             m = placement.metrics(metrics)
@@ -527,6 +608,10 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     log.close()
     eval_log.close()
     result["step"] = num_steps
+    # Seconds each program took to build in its thread, and calls that missed it (0 unless shapes changed).
+    jobs = {"step": step_job, "eval": eval_job, "labels": label_job}
+    result["compile"] = {name: {"seconds": round(job.seconds, 2), "fallback_calls": job.fallback_calls}
+                         for name, job in jobs.items() if job is not None}
     if jax.process_index() == 0:
         write_json_atomic(workdir / "result.json", result)
     return result
