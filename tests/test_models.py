@@ -257,3 +257,32 @@ def test_refiner_output_is_a_pytree():
     out = RefinerOutput(*(jnp.zeros((1, 2, 2, 1)) for _ in OUTPUTS))
     assert len(jax.tree.leaves(out)) == 5
     assert [f for f in OUTPUTS] == [f.name for f in __import__("dataclasses").fields(out)]
+
+
+@pytest.mark.parametrize("which", ["depthwise", "stem_conv1", "stem_shortcut"])
+def test_cpu_friendly_convs_equal_flax_conv(which):
+    """The element-wise forms of the MiT depthwise conv and of the first stem's convs draw the same initial
+    parameters as the `nn.Conv` they replace (same names, shapes, init) and compute the same convolution."""
+    import flax.linen as nn
+
+    from sddr_jax.models.mit import DepthwiseConv3x3, _conv_init
+    from sddr_jax.models.stem import CONV_INIT, SingleChannelConv
+
+    if which == "depthwise":
+        c = 24
+        new = DepthwiseConv3x3(c, kernel_init=_conv_init(3, c, c), name="m")
+        old = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, kernel_init=_conv_init(3, c, c),
+                      name="m")
+    else:
+        k, s, p = (3, 2, 1) if which == "stem_conv1" else (1, 2, 0)
+        c = 8
+        new = SingleChannelConv(c, k, s, p, name="m")
+        old = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_init=CONV_INIT, name="m")
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 17, 20, c if which == "depthwise" else 1))
+    p_new, p_old = new.init(jax.random.PRNGKey(0), x), old.init(jax.random.PRNGKey(0), x)
+    for a, b in zip(jax.tree.leaves(p_new), jax.tree.leaves(p_old)):
+        np.testing.assert_array_equal(a, b)
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(5), a.shape), p_new)
+    with jax.default_matmul_precision("highest"):
+        want = old.apply(params, x)
+    np.testing.assert_allclose(np.asarray(new.apply(params, x)), np.asarray(want), atol=2e-5)

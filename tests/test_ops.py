@@ -46,6 +46,23 @@ def test_bicubic_matches_formula_and_corners(n):
     np.testing.assert_allclose(y[:, 0, 0], x[:, 0, 0], atol=1e-6)
     ym = np.asarray(ops.upsample_bicubic_ac_x2(jnp.asarray(x), method="matrix"))
     np.testing.assert_allclose(ym, y, atol=2e-6, rtol=0)
+    # the default (static slices per phase) takes the gathers' taps, weights and order of sums: equal numbers
+    yg = np.asarray(ops.upsample_bicubic_ac_x2(jnp.asarray(x), method="gather"))
+    np.testing.assert_array_equal(y, yg)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 512, 1000, 1024])
+def test_bicubic_x2_taps_are_the_two_phase_windows(n):
+    """The tap layout the slice form relies on (even outputs 2m read m-2..m+1, odd ones m-1..m+2, clamped)
+    holds for the sizes the refiner meets, so it does not fall back to gathers there."""
+    idx, w = ops.bicubic_ac_taps(n, 2 * n)
+    m = np.arange(n)[:, None]
+    slices, taps = ops.x2_phase_taps(n, idx, w)
+    np.testing.assert_array_equal(slices, taps)
+    expected = np.empty_like(idx)
+    expected[0::2], expected[1::2] = np.clip(m - 2 + np.arange(4), 0, n - 1), np.clip(m - 1 + np.arange(4), 0, n - 1)
+    differs = expected != idx
+    assert not differs[1:].any() and (w[differs] == 0).all()  # only the first output's zero-weight tap moves
 
 
 def test_bicubic_matrix_rows_sum_to_one_and_keys_weights():
@@ -115,18 +132,24 @@ def test_resize_bad_arguments():
         ops.resize_bilinear(jnp.zeros((4, 4)), (2, 2))
 
 
-def test_conv_replicate_equals_edge_pad_and_valid_conv():
+@pytest.mark.parametrize("cin,cout,ksize", [(3, 2, 3), (32, 5, 3), (40, 1, 5)])
+def test_conv_replicate_equals_edge_pad_and_valid_conv(cin, cout, ksize):
+    """Both forms (the convolution below 32 input channels, the matmul of taps from 32 on CPU) equal the
+    definition, summed in float64."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)
-    k = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
-    b = rng.standard_normal(2).astype(np.float32)
+    x = rng.standard_normal((2, 6, 7, cin)).astype(np.float32)
+    k = rng.standard_normal((ksize, ksize, cin, cout)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
     y = np.asarray(ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)))
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    ref = np.zeros((2, 6, 7, 2))
+    r = ksize // 2
+    xp = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge").astype(np.float64)
+    ref = np.zeros((2, 6, 7, cout))
     for i in range(6):
         for j in range(7):
-            ref[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + 3, j:j + 3], k) + b
-    np.testing.assert_allclose(y, ref, atol=1e-5)
+            ref[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + ksize, j:j + ksize], k) + b
+    np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(cin * ksize * ksize))
+    if cin != 3:
+        return
     mod = ops.ConvReplicate(2, 3)
     params = {"params": {"kernel": k, "bias": b}}
     np.testing.assert_allclose(np.asarray(mod.apply(params, jnp.asarray(x))), y, atol=1e-6)

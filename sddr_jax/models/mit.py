@@ -110,6 +110,31 @@ class EfficientAttention(nn.Module):
         return dense(self.dim, "proj")(out)
 
 
+class DepthwiseConv3x3(nn.Module):
+    """A depthwise 3x3 convolution with zero padding 1 (= `nn.Conv(C, (3, 3), padding=1,
+    feature_group_count=C)`, the same "kernel" (3, 3, 1, C) and "bias" (C,) parameters and init draws),
+    computed as nine shifted multiply-adds: XLA:CPU runs the grouped convolution about 20x slower than this
+    element-wise form (24.6 ms against ~1 ms for the (2, 64, 64, 128) grids of stage 1 at S = 1024;
+    `benchmarks/refiner_profile.py`, docs/benchmarks.md)."""
+
+    features: int
+    dtype: Dtype | None = None
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (3, 3, 1, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        h, w = x.shape[1], x.shape[2]
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        out = bias
+        for i in range(3):
+            for j in range(3):
+                out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+        return out
+
+
 class MixFFN(nn.Module):
     """Dense(C -> hC) -> depthwise 3x3 conv on the grid -> exact GELU -> Dense(hC -> C)."""
 
@@ -121,9 +146,8 @@ class MixFFN(nn.Module):
     def __call__(self, x: Array, hw: tuple[int, int]) -> Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc1")(x)
         grid = x.reshape(x.shape[0], hw[0], hw[1], self.hidden)
-        grid = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=self.hidden,
-                       dtype=self.dtype, kernel_init=_conv_init(3, self.hidden, self.hidden),
-                       name="dwconv")(grid)
+        grid = DepthwiseConv3x3(self.hidden, dtype=self.dtype, kernel_init=_conv_init(3, self.hidden, self.hidden),
+                                name="dwconv")(grid)
         x = gelu_exact(grid.reshape(x.shape))
         return nn.Dense(self.dim, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc2")(x)
 
