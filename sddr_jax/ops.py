@@ -89,7 +89,7 @@ class ConvReplicate(nn.Module):
     bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         k = self.kernel_size
         if k % 2 != 1:
             raise ValueError(f"ConvReplicate: kernel_size must be odd, got {k}")
@@ -98,10 +98,11 @@ class ConvReplicate(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_replicate(x, kernel, bias)
+        return conv_replicate(x, kernel, bias, taps_as_matmul=None if not train else False)
 
 
-def conv_replicate(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+def conv_replicate(x: Array, kernel: Array, bias: Array | None = None, *,
+                   taps_as_matmul: bool | None = None) -> Array:
     """Functional replicate-padded stride-1 convolution: x NHWC, kernel HWIO with odd square size.
 
     On the CPU backend, with 32 or more input channels, it is computed as one matmul of the padded input with
@@ -109,13 +110,16 @@ def conv_replicate(x: Array, kernel: Array, bias: Array | None = None) -> Array:
     another order: ~1e-6 relative). XLA:CPU's convolution is slow on the refiner decoder's narrow layers
     (e.g. 38 ms against 1.3 ms for 32 -> 1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16;
     docs/benchmarks.md "Where the CPU time goes"); with fewer input channels the convolution is as fast or
-    faster, and other backends keep the convolution.
+    faster, and other backends keep the convolution. `taps_as_matmul` forces the choice (False: always the
+    convolution, as a training step uses it: its backward compiles faster).
     """
     k = kernel.shape[0]
     lead = x.shape[:-3]
     x = x.reshape((-1,) + x.shape[-3:])
     padded = edge_pad(x, (k - 1) // 2)
-    if kernel.shape[2] >= 32 and jax.default_backend() == "cpu":
+    if taps_as_matmul is None:
+        taps_as_matmul = kernel.shape[2] >= 32 and jax.default_backend() == "cpu"
+    if taps_as_matmul:
         y = _conv_as_matmul(padded, kernel, x.shape[1], x.shape[2])
     else:
         y = jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))

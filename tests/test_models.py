@@ -286,3 +286,27 @@ def test_cpu_friendly_convs_equal_flax_conv(which):
     with jax.default_matmul_precision("highest"):
         want = old.apply(params, x)
     np.testing.assert_allclose(np.asarray(new.apply(params, x)), np.asarray(want), atol=2e-5)
+
+
+def test_training_and_inference_forms_agree():
+    """train=True builds XLA's convolutions and gathers (their backward compiles faster), train=False the forms
+    XLA:CPU runs fastest; the stem, the MiT feed-forward and the decoder give the same numbers either way."""
+    from sddr_jax.models.decoder import Decoder
+    from sddr_jax.models.mit import MixFFN
+    from sddr_jax.models.stem import Down
+
+    rng = jax.random.PRNGKey(0)
+    x = jax.random.uniform(rng, (2, 32, 32, 1))
+    chans = (8, 16, 32, 32, 64, 160, 256)
+    sizes = [64, 32, 16, 8, 4, 2, 1]  # l1, l2, l3, b1..b4: each level half the previous
+    feats = [jax.random.normal(jax.random.fold_in(rng, i), (1, s, s, c)) for i, (s, c) in enumerate(zip(sizes, chans))]
+    cases = [(Down(8), (x,)), (MixFFN(32, 128), (jax.random.normal(rng, (2, 64, 32)), (8, 8))),
+             (Decoder(chans), (feats, [f * 0.5 for f in feats]))]
+    for module, args in cases:
+        params = module.init(rng, *args)
+        params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.PRNGKey(7), a.shape), params)
+        with jax.default_matmul_precision("highest"):
+            a, b = (jax.tree.leaves(jax.jit(lambda p, *xs, t=t: module.apply(p, *xs, *args[len(xs):], train=t))(
+                params, *args[:1])) for t in (False, True))  # the MixFFN grid size stays static
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-5)

@@ -26,10 +26,10 @@ class Up(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         x = group_norm(self.groups, dtype=self.dtype, name="norm")(x)
-        x = upsample_bicubic_ac_x2(x)
-        x = ConvReplicate(self.features, self.kernel_size, dtype=self.dtype, name="conv")(x)
+        x = upsample_bicubic_ac_x2(x, method="gather" if train else "taps")
+        x = ConvReplicate(self.features, self.kernel_size, dtype=self.dtype, name="conv")(x, train=train)
         return leaky_relu(x) if self.act else x
 
 
@@ -40,9 +40,9 @@ class Mask(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         x = group_norm(self.groups, dtype=self.dtype, name="norm")(x)
-        return nn.sigmoid(ConvReplicate(1, 3, dtype=self.dtype, name="conv")(x))
+        return nn.sigmoid(ConvReplicate(1, 3, dtype=self.dtype, name="conv")(x, train=train))
 
 
 def decoder_groups(channels: Sequence[int]) -> dict[str, int]:
@@ -66,23 +66,23 @@ class Decoder(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, low: Sequence[Array], high: Sequence[Array]):
+    def __call__(self, low: Sequence[Array], high: Sequence[Array], train: bool = False):
         c, g, dt = tuple(self.channels), decoder_groups(self.channels), self.dtype
         low, high = list(low)[::-1], list(high)[::-1]  # level k: index k (0 = b4, ..., 6 = l1)
-        r = Up(c[5], g["up0"], dtype=dt, name="up0")(low[0] + high[0])
+        r = Up(c[5], g["up0"], dtype=dt, name="up0")(low[0] + high[0], train)
         masks = {}
         out_quart = out_half = None
         for k in range(1, 7):
-            m = Mask(g[f"mask{k}"], dtype=dt, name=f"mask{k}")(r)
+            m = Mask(g[f"mask{k}"], dtype=dt, name=f"mask{k}")(r, train)
             masks[k] = m
             f = m * low[k] + (1 - m) * high[k]
             x = r + f
             if k == 4:
-                out_quart = Up(1, g["head_quart"], act=False, dtype=dt, name="head_quart")(x)
+                out_quart = Up(1, g["head_quart"], act=False, dtype=dt, name="head_quart")(x, train)
             elif k == 5:
-                out_half = Up(1, g["head_half"], act=False, dtype=dt, name="head_half")(x)
+                out_half = Up(1, g["head_half"], act=False, dtype=dt, name="head_half")(x, train)
             if k < 6:
-                r = Up(c[6 - k - 1], g[f"up{k}"], dtype=dt, name=f"up{k}")(x)
+                r = Up(c[6 - k - 1], g[f"up{k}"], dtype=dt, name=f"up{k}")(x, train)
             else:
-                r = Up(1, g["up6"], kernel_size=5, act=False, dtype=dt, name="up6")(x)
+                r = Up(1, g["up6"], kernel_size=5, act=False, dtype=dt, name="up6")(x, train)
         return r, out_half, out_quart, masks[5], masks[6]

@@ -115,7 +115,8 @@ class DepthwiseConv3x3(nn.Module):
     feature_group_count=C)`, the same "kernel" (3, 3, 1, C) and "bias" (C,) parameters and init draws),
     computed as nine shifted multiply-adds: XLA:CPU runs the grouped convolution about 20x slower than this
     element-wise form (24.6 ms against ~1 ms for the (2, 64, 64, 128) grids of stage 1 at S = 1024;
-    `benchmarks/refiner_profile.py`, docs/benchmarks.md)."""
+    `benchmarks/refiner_profile.py`, docs/benchmarks.md). Inference only: a training step keeps `nn.Conv`,
+    whose backward compiles faster."""
 
     features: int
     dtype: Dtype | None = None
@@ -143,11 +144,15 @@ class MixFFN(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array, hw: tuple[int, int]) -> Array:
+    def __call__(self, x: Array, hw: tuple[int, int], train: bool = False) -> Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc1")(x)
         grid = x.reshape(x.shape[0], hw[0], hw[1], self.hidden)
-        grid = DepthwiseConv3x3(self.hidden, dtype=self.dtype, kernel_init=_conv_init(3, self.hidden, self.hidden),
-                                name="dwconv")(grid)
+        init = _conv_init(3, self.hidden, self.hidden)
+        if train:  # XLA's grouped convolution: its backward compiles faster (docs/benchmarks.md)
+            grid = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=self.hidden,
+                           dtype=self.dtype, kernel_init=init, name="dwconv")(grid)
+        else:
+            grid = DepthwiseConv3x3(self.hidden, dtype=self.dtype, kernel_init=init, name="dwconv")(grid)
         x = gelu_exact(grid.reshape(x.shape))
         return nn.Dense(self.dim, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc2")(x)
 
@@ -173,7 +178,7 @@ class MiTBlock(nn.Module):
         attn = EfficientAttention(self.dim, self.num_heads, self.sr_ratio, self.dtype, name="attn")
         x = x + residual(attn(a, hw))
         m = layer_norm(LN_EPS_BLOCK, dtype=self.dtype, name="norm2")(x)
-        x = x + residual(MixFFN(self.dim, self.mlp_ratio * self.dim, self.dtype, name="mlp")(m, hw))
+        x = x + residual(MixFFN(self.dim, self.mlp_ratio * self.dim, self.dtype, name="mlp")(m, hw, train))
         return x
 
 

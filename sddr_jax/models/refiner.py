@@ -69,7 +69,10 @@ class Refiner(nn.Module):
     low, high: (B, S, S, 1), S a multiple of 128, each min-max normalised to [0, 1] by the caller.
     backbone: MiT variant ('b0' for the official checkpoint; b1..b5 for training larger refiners).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32; outputs are returned in float32.
-    train=True enables the backbone's stochastic depth and needs a 'dropout' rng.
+    train=True enables the backbone's stochastic depth and needs a 'dropout' rng. It also picks the forms of a
+    few layers: inference uses the ones XLA:CPU runs fastest (element-wise depthwise and one-channel convs,
+    taps as one matmul, bicubic x2 as slices), training XLA's convolutions and gathers, whose backward compiles
+    faster; both are the same function to float32 rounding (docs/benchmarks.md).
     """
 
     backbone: str = "b0"
@@ -95,7 +98,7 @@ class Refiner(nn.Module):
         x = jnp.concatenate([low, high], axis=0)
         feats = []
         for stem in stems:
-            x = stem(x)
+            x = stem(x, train=train)
             feats.append(x)
         feats += mit(feats[1], train=train)
         feats_low = [f[:b] for f in feats]
@@ -104,7 +107,7 @@ class Refiner(nn.Module):
                                        name="cross_attention")(feats_low[-1], feats_high[-1])
         feats_low[-1] = feats_low[-1] + z_low
         feats_high[-1] = feats_high[-1] + z_high
-        out = Decoder(channels, dtype=dt, name="decoder")(feats_low, feats_high)
+        out = Decoder(channels, dtype=dt, name="decoder")(feats_low, feats_high, train=train)
         out = [o.astype(jnp.float32) for o in out]
         return RefinerOutput(*out)
 

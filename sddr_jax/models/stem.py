@@ -58,14 +58,14 @@ class Down(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c, groups = self.features, max(self.features // 8, 1)
         conv = lambda k, s, p, name: nn.Conv(  # noqa: E731 - local factory keeps the four convs uniform
             c, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
             kernel_init=CONV_INIT, name=name,
         )
         in_conv = conv  # the convs of the block's input: element-wise for a one-channel map (SingleChannelConv)
-        if x.shape[-1] == 1:
+        if x.shape[-1] == 1 and not train:  # inference only: a training step's backward compiles faster with nn.Conv
             in_conv = lambda k, s, p, name: SingleChannelConv(c, k, s, p, dtype=self.dtype, name=name)  # noqa: E731
         a = in_conv(3, 2, 1, "conv1")(x)
         a = leaky_relu(group_norm(groups, dtype=self.dtype, name="norm1")(a))
