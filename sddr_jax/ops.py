@@ -98,7 +98,44 @@ class ConvReplicate(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_replicate(x, kernel, bias, taps_as_matmul=None if not train else False)
+        return conv_replicate(x, kernel, bias, taps_as_matmul=False if train else None)
+
+
+class TapConv(nn.Module):
+    """A k x k convolution whose kernel has one input channel per output channel, computed as k*k (strided)
+    slices of the zero-padded input times the kernel's taps: the depthwise conv (input with C channels,
+    = `nn.Conv(C, ..., feature_group_count=C)`) or a conv of a one-channel input (= `nn.Conv(C, ...)`).
+    Same "kernel" (k, k, 1, C) and "bias" (C,) parameters and init draws as that `nn.Conv`. XLA:CPU runs these
+    convolutions slowly: 21.6 ms against 0.4 ms for the MiT depthwise conv on (2, 64, 64, 128), 8.3 ms against
+    1.3 ms for the first stem conv at S = 1024 (docs/benchmarks.md "Where the CPU time goes"); the refiner
+    uses this form for inference only, a training step keeps `nn.Conv` (its backward compiles faster)."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    dtype: Dtype | None = None
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if x.shape[-1] not in (1, self.features):
+            raise ValueError(f"TapConv: input channels must be 1 or {self.features}, got {x.shape[-1]}")
+        kernel = self.param("kernel", self.kernel_init, (k, k, 1, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        n, h, w, c = x.shape
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        out = None
+        for i in range(k):
+            for j in range(k):
+                tap = jax.lax.slice(padded, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                                    (1, s, s, 1))
+                term = tap * kernel[i, j, 0]
+                out = term if out is None else out + term
+        return out + bias
 
 
 def conv_replicate(x: Array, kernel: Array, bias: Array | None = None, *,
@@ -361,6 +398,7 @@ def upsample_bicubic_ac_x2(x: Array, method: str = "taps") -> Array:
 
 
 __all__ = [
+    "TapConv",
     "GN_EPS",
     "LN_EPS_BLOCK",
     "LN_EPS_PATCH",

@@ -260,23 +260,24 @@ def test_refiner_output_is_a_pytree():
 
 
 @pytest.mark.parametrize("which", ["depthwise", "stem_conv1", "stem_shortcut"])
-def test_cpu_friendly_convs_equal_flax_conv(which):
-    """The element-wise forms of the MiT depthwise conv and of the first stem's convs draw the same initial
-    parameters as the `nn.Conv` they replace (same names, shapes, init) and compute the same convolution."""
+def test_tap_conv_equals_flax_conv(which):
+    """`ops.TapConv`, the inference form of the MiT depthwise conv and of the first stem's convs, draws the same
+    initial parameters as the `nn.Conv` it replaces (same names, shapes, init) and computes the same conv."""
     import flax.linen as nn
 
-    from sddr_jax.models.mit import DepthwiseConv3x3, _conv_init
-    from sddr_jax.models.stem import CONV_INIT, SingleChannelConv
+    from sddr_jax.models.mit import _conv_init
+    from sddr_jax.models.stem import CONV_INIT
+    from sddr_jax.ops import TapConv
 
     if which == "depthwise":
         c = 24
-        new = DepthwiseConv3x3(c, kernel_init=_conv_init(3, c, c), name="m")
+        new = TapConv(c, kernel_init=_conv_init(3, c, c), name="m")
         old = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, kernel_init=_conv_init(3, c, c),
                       name="m")
     else:
         k, s, p = (3, 2, 1) if which == "stem_conv1" else (1, 2, 0)
         c = 8
-        new = SingleChannelConv(c, k, s, p, name="m")
+        new = TapConv(c, k, s, p, kernel_init=CONV_INIT, name="m")
         old = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_init=CONV_INIT, name="m")
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 17, 20, c if which == "depthwise" else 1))
     p_new, p_old = new.init(jax.random.PRNGKey(0), x), old.init(jax.random.PRNGKey(0), x)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sddr_jax.ops import LN_EPS_BLOCK, LN_EPS_PATCH, gelu_exact, layer_norm
+from sddr_jax.ops import LN_EPS_BLOCK, LN_EPS_PATCH, TapConv, gelu_exact, layer_norm
 
 Dtype = Any
 Array = jax.Array
@@ -110,32 +110,6 @@ class EfficientAttention(nn.Module):
         return dense(self.dim, "proj")(out)
 
 
-class DepthwiseConv3x3(nn.Module):
-    """A depthwise 3x3 convolution with zero padding 1 (= `nn.Conv(C, (3, 3), padding=1,
-    feature_group_count=C)`, the same "kernel" (3, 3, 1, C) and "bias" (C,) parameters and init draws),
-    computed as nine shifted multiply-adds: XLA:CPU runs the grouped convolution about 20x slower than this
-    element-wise form (24.6 ms against ~1 ms for the (2, 64, 64, 128) grids of stage 1 at S = 1024;
-    `benchmarks/refiner_profile.py`, docs/benchmarks.md). Inference only: a training step keeps `nn.Conv`,
-    whose backward compiles faster."""
-
-    features: int
-    dtype: Dtype | None = None
-    kernel_init: Any = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (3, 3, 1, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        h, w = x.shape[1], x.shape[2]
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        out = bias
-        for i in range(3):
-            for j in range(3):
-                out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-        return out
-
-
 class MixFFN(nn.Module):
     """Dense(C -> hC) -> depthwise 3x3 conv on the grid -> exact GELU -> Dense(hC -> C)."""
 
@@ -152,7 +126,7 @@ class MixFFN(nn.Module):
             grid = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=self.hidden,
                            dtype=self.dtype, kernel_init=init, name="dwconv")(grid)
         else:
-            grid = DepthwiseConv3x3(self.hidden, dtype=self.dtype, kernel_init=init, name="dwconv")(grid)
+            grid = TapConv(self.hidden, dtype=self.dtype, kernel_init=init, name="dwconv")(grid)  # depthwise
         x = gelu_exact(grid.reshape(x.shape))
         return nn.Dense(self.dim, dtype=self.dtype, kernel_init=DENSE_INIT, name="fc2")(x)
 

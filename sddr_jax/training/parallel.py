@@ -78,6 +78,13 @@ class Placement:
         sharding = NamedSharding(self.mesh, P())
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
+    def _rows_per_device(self, key: str, rows: int) -> int:
+        n = self.num_local_devices
+        if rows % n:
+            raise UserError(f"batch key {key!r}: {rows} rows do not split over {n} local devices; "
+                            "choose a batch size that is a multiple of the device count")
+        return rows // n
+
     def replicated_spec(self, tree: Any) -> Any:
         """`jax.ShapeDtypeStruct`s (with shardings) of what `replicate(tree)` returns, from shapes alone
         (`tree`'s leaves need `.shape` and `.dtype`): what a program compiled ahead of its call is built for."""
@@ -93,14 +100,11 @@ class Placement:
         n = self.num_local_devices
         out = {}
         for k, v in batch.items():
-            rows = int(v.shape[0])
-            if rows % n:
-                raise UserError(f"batch key {k!r}: {rows} rows do not split over {n} local devices; "
-                                "choose a batch size that is a multiple of the device count")
+            per_device = self._rows_per_device(k, int(v.shape[0]))
             if self.parallel == "pmap":
-                out[k] = jax.ShapeDtypeStruct((n, rows // n) + tuple(v.shape[1:]), v.dtype, sharding=self._local)
+                out[k] = jax.ShapeDtypeStruct((n, per_device) + tuple(v.shape[1:]), v.dtype, sharding=self._local)
             else:
-                out[k] = jax.ShapeDtypeStruct((rows * jax.process_count(),) + tuple(v.shape[1:]), v.dtype,
+                out[k] = jax.ShapeDtypeStruct((int(v.shape[0]) * jax.process_count(),) + tuple(v.shape[1:]), v.dtype,
                                               sharding=NamedSharding(self.mesh, P(AXIS)))
         return out
 
@@ -116,12 +120,10 @@ class Placement:
         out = {}
         for k, v in batch.items():
             v = np.asarray(v)
-            if v.shape[0] % n:
-                raise UserError(f"batch key {k!r}: {v.shape[0]} rows do not split over {n} local devices; "
-                                "choose a batch size that is a multiple of the device count")
+            per_device = self._rows_per_device(k, v.shape[0])
             if self.parallel == "pmap":
                 # explicit row count: -1 is ambiguous for empty entries such as labels' 'regions' (B, 0, H, W)
-                out[k] = jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]), self._local)
+                out[k] = jax.device_put(v.reshape((n, per_device) + v.shape[1:]), self._local)
             else:
                 out[k] = jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(AXIS)), v)
         return out

@@ -237,7 +237,7 @@ def label_extras(batch: Mapping[str, Any], *, simulated: bool = True) -> dict[st
     (`simulated`) the examples' simulation keys, and as `depth` the scene's sharp depth when the ground truth is
     an edge-poor measurement of it (`data.edge_poor_gt`): the predictor looks at the scene, as in the data
     pipeline."""
-    extra = {k: batch[k] for k in ("key",) if k in batch and simulated}
+    extra = {"key": batch["key"]} if simulated and "key" in batch else {}
     if "scene_depth" in batch:
         extra["depth"] = batch["scene_depth"]
     return extra
