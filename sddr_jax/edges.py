@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sddr_jax import ops
 from sddr_jax.errors import UserError
 
 Array = jax.Array
@@ -63,8 +64,8 @@ def sobel_abs(depth, border: str = "zero") -> Array:
 
 
 def _per_map_quantile(maps: Array, q: float) -> Array:
-    """Linear-interpolation quantile of each (H, W) map, shape (N, 1, 1)."""
-    return jnp.quantile(maps.reshape(maps.shape[0], -1), q, axis=-1, method="linear")[:, None, None]
+    """Linear-interpolation quantile of each (H, W) map, shape (N, 1, 1) (`jnp.quantile`'s numbers, by selection)."""
+    return ops.quantile(maps.reshape(maps.shape[0], -1).astype(jnp.float32), q, axis=-1)[:, None, None]
 
 
 def _check_q(q: float, name: str) -> float:
@@ -108,9 +109,12 @@ def _kmeans_regions(top: Array, num_regions: int, margin: int, iterations: int, 
     count = jnp.sum(wts)
     if key is None:
         # Deterministic init: the 1-pixels at evenly spaced ranks of the row-major order.
-        order = jnp.argsort(-wts, stable=True)  # 1-pixels first, in row-major order
         ranks = jnp.floor((jnp.arange(num_regions) + 0.5) / num_regions * count).astype(jnp.int32)
-        init = pts[order[jnp.clip(ranks, 0, pts.shape[0] - 1)]]
+        # The (rank + 1)-th 1-pixel in row-major order: the first index whose running count exceeds rank
+        # (a search in the cumulative sum; an argsort would sort the whole map). No 1-pixels: pixel 0.
+        running = jnp.cumsum(top.ravel().astype(jnp.int32))
+        first = jnp.searchsorted(running, ranks + 1, side="left")
+        init = pts[jnp.where(count > 0, jnp.clip(first, 0, pts.shape[0] - 1), 0)]
     else:
         p = jnp.where(count > 0, wts / jnp.maximum(count, 1.0), 1.0 / wts.shape[0])
         init = pts[jax.random.choice(key, pts.shape[0], (num_regions,), replace=False, p=p)]

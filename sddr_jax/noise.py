@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sddr_jax import edges
+from sddr_jax import edges, ops
 from sddr_jax.errors import UserError
 from sddr_jax.ops import fill_invalid, minmax_normalize
 
@@ -62,7 +62,7 @@ def depth_edges(depth, edge_quantile: float = 0.9) -> Array:
 def _edges3(d: Array, q: float) -> Array:
     # Replicate border: with zero padding the image frame itself would be an edge.
     g = edges.sobel_abs(minmax_normalize(d, axis=(-2, -1)), border="replicate")
-    t = jnp.quantile(g.reshape(g.shape[0], -1), q, axis=-1)[:, None, None]
+    t = ops.quantile(g.reshape(g.shape[0], -1), q, axis=-1)[:, None, None]  # jnp.quantile's numbers, no sort
     return g > t
 
 
@@ -108,19 +108,27 @@ def _phase_components(nonedge: Array, patch: int, stride: int, iterations: int, 
         same_y = shift_map(jnp.broadcast_to(by[:, :, None], (n_ph, h, w)), dy, dx, -1) == by[:, :, None]
         same_x = shift_map(jnp.broadcast_to(bx[:, None, :], (n_ph, h, w)), dy, dx, -1) == bx[:, None, :]
         allowed.append(same_y & same_x & shift_map(ne, dy, dx, False) & ne)
-    init = jnp.where(ne, jnp.arange(big, dtype=jnp.int32).reshape(1, h, w), big)
+    # While propagating, a label is an index into the (P * (H * W + 1),) table of all phases' labels: phase
+    # p's pixels at p * (H * W + 1) + flat index, its sentinel right after them. The pointer jumps are then one
+    # un-batched gather with clipped indices: XLA:CPU runs that 4-5x faster than `take_along_axis` over the
+    # phase axis (more under vmap), with the same labels.
+    offs = (jnp.arange(n_ph, dtype=jnp.int32) * (big + 1))[:, None, None]
+    sentinel = (offs + big).reshape(n_ph, 1)
+    init = jnp.where(ne, jnp.arange(big, dtype=jnp.int32).reshape(1, h, w), big) + offs
+    top = jnp.iinfo(jnp.int32).max  # above every label: outside the image never wins the minimum
 
     def step(lab, _):
+        pad = jnp.pad(lab, ((0, 0), (1, 1), (1, 1)), constant_values=top)
         m = lab
         for (dy, dx), ok in zip(dirs, allowed):
-            m = jnp.where(ok, jnp.minimum(m, shift_map(lab, dy, dx, big)), m)
-        flat = m.reshape(n_ph, big)
+            m = jnp.where(ok, jnp.minimum(m, pad[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]), m)
         for _ in range(2):  # pointer jumping: follow the label to its pixel's label
-            flat = jnp.where(flat < big, jnp.take_along_axis(flat, jnp.minimum(flat, big - 1), axis=1), big)
-        return flat.reshape(n_ph, h, w), None
+            table = jnp.concatenate([m.reshape(n_ph, big), sentinel], axis=1).reshape(-1)
+            m = table.at[m.reshape(-1)].get(mode="clip").reshape(n_ph, h, w)
+        return m, None
 
     lab, _ = jax.lax.scan(step, init, None, length=iterations)
-    return lab, pt, pl
+    return lab - offs, pt, pl
 
 
 def _tiling_weight(pos: Array, patch: int, overlap: int) -> Array:
@@ -160,9 +168,9 @@ def _local_inconsistency3(d: Array, key, k_a: float, k_b: float, patch: int, str
     n_ph = lab.shape[0]
     a_tab = 1.0 + k_a * jax.random.uniform(ka, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
     b_tab = k_b * rng * jax.random.uniform(kb, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
-    flat = lab.reshape(n_ph, -1)
-    a = jnp.take_along_axis(a_tab, flat, axis=1).reshape(lab.shape)
-    b = jnp.take_along_axis(b_tab, flat, axis=1).reshape(lab.shape)
+    flat = (lab.reshape(n_ph, -1) + jnp.arange(n_ph, dtype=jnp.int32)[:, None] * (h * w + 1)).reshape(-1)
+    a = a_tab.reshape(-1).at[flat].get(mode="clip").reshape(lab.shape)  # one flat gather (see above)
+    b = b_tab.reshape(-1).at[flat].get(mode="clip").reshape(lab.shape)
     overlap = patch // stride
     wy = _tiling_weight((jnp.arange(h)[None] + pt[:, None]) % patch, patch, overlap)  # (P, H)
     wx = _tiling_weight((jnp.arange(w)[None] + pl[:, None]) % patch, patch, overlap)  # (P, W)

@@ -180,3 +180,30 @@ def test_simulated_low_and_high_have_complementary_weaknesses():
     assert hi["abs_rel"] > 1.3 * lo["abs_rel"]  # global consistency: low clearly better
     assert hi["delta1"] < lo["delta1"] - 0.02
     assert hi["ord_boost"] > lo["ord_boost"] + 0.1
+
+
+def test_phase_components_match_opencv_per_patch():
+    """Converged labels = OpenCV's 8-connected components of the non-edge pixels inside each patch of each
+    tiling phase, labelled by their smallest flat index; edge pixels get the sentinel H * W."""
+    rng = np.random.default_rng(7)
+    h, w, patch, stride, shift = 24, 20, 8, 4, (1, 3)
+    nonedge = rng.random((h, w)) > 0.35
+    lab, pt, pl = noise._phase_components(jnp.asarray(nonedge), patch, stride, patch * patch, shift)
+    lab, pt, pl = np.asarray(lab), np.asarray(pt), np.asarray(pl)
+    assert lab.shape == (4, h, w)
+    flat_index = np.arange(h * w).reshape(h, w)
+    for p in range(4):
+        expected = np.full((h, w), h * w, np.int64)
+        by = (np.arange(h) + pt[p]) // patch
+        bx = (np.arange(w) + pl[p]) // patch
+        for i in np.unique(by):
+            for j in np.unique(bx):
+                rows, cols = np.flatnonzero(by == i), np.flatnonzero(bx == j)
+                block = nonedge[np.ix_(rows, cols)].astype(np.uint8)
+                n, comp = cv2.connectedComponents(block, connectivity=8)
+                for c in range(1, n):
+                    sel = comp == c
+                    sub = expected[np.ix_(rows, cols)]
+                    sub[sel] = flat_index[np.ix_(rows, cols)][sel].min()
+                    expected[np.ix_(rows, cols)] = sub
+        np.testing.assert_array_equal(lab[p], expected)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sddr_jax import ops
+from sddr_jax.errors import UserError
 
 
 def _bicubic_direct(x: np.ndarray, out: int) -> np.ndarray:
@@ -222,3 +223,33 @@ def test_against_torch_ops():
     np.testing.assert_allclose(np.asarray(mod.apply(mod.init(jax.random.key(0), x), x)), ref, atol=1e-5)
     g = torch.nn.GELU()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.asarray(ops.gelu_exact(jnp.asarray(x))), g, atol=1e-6)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.15, 0.5, 0.85, 0.94, 0.95, 1.0])
+def test_quantile_by_selection_equals_jnp_quantile(q):
+    """Bit for bit jnp.quantile (sorting) and within float32 rounding of numpy's, on ties, negative values,
+    signed zeros, another axis and keepdims."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 301)).astype(np.float32)
+    x[1] = np.round(x[1] * 2) / 2  # many ties
+    x[2, :200] = 0.0  # a flat majority, as on synthetic planes
+    x[3, ::2] = -0.0
+    x[4] = np.abs(x[4])  # a Sobel magnitude
+    got = np.asarray(jax.jit(lambda v: ops.quantile(v, q))(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.quantile(jnp.asarray(x), q, axis=-1)))
+    np.testing.assert_allclose(got, np.quantile(x.astype(np.float64), q, axis=-1), rtol=1e-6, atol=1e-7)
+    xt = np.ascontiguousarray(x.T)  # (301, 5), reduced over axis 0
+    got_t = np.asarray(ops.quantile(jnp.asarray(xt), q, axis=0, keepdims=True))
+    assert got_t.shape == (1, 5)
+    np.testing.assert_array_equal(got_t[0], got)
+
+
+def test_quantile_nan_and_bad_arguments():
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    x[1, 2] = np.nan
+    got = np.asarray(ops.quantile(jnp.asarray(x), 0.5))
+    assert got[0] == 2.5 and np.isnan(got[1])
+    with pytest.raises(UserError, match="quantile q"):
+        ops.quantile(jnp.asarray(x), 1.5)
+    with pytest.raises(UserError, match="float32"):
+        ops.quantile(jnp.arange(4), 0.5)

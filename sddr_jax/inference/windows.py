@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sddr_jax import ops
 from sddr_jax.edges import sobel_abs
 from sddr_jax.errors import UserError
 
@@ -250,7 +251,8 @@ def resolution_factors(
         raise UserError(f"resolution_factors: expected depth (B, H, W, 1), got shape {tuple(depth.shape)}")
     grad = sobel_abs(depth[..., 0].astype(jnp.float32), border="reflect101")
     b = grad.shape[0]
-    thr = jnp.percentile(grad.reshape(b, -1), percentile, axis=-1)
+    # jnp.percentile's numbers (q = percentile / 100 in float32), by selection instead of a sort.
+    thr = ops.quantile(grad.reshape(b, -1), float(np.float32(percentile) / np.float32(100)), axis=-1)
     edges = (grad > thr[:, None, None]).astype(jnp.float32)
     density = jnp.stack([edges[:, w.y0 : w.y1, w.x0 : w.x1].mean(axis=(1, 2)) for w in windows], axis=-1)
     return _factor_index(density, edges.mean(axis=(1, 2)), jnp)
