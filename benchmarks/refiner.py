@@ -1,14 +1,18 @@
 """Benchmark: one-stage refine (docs/method.md §5.1) with the JAX refiner, float32 and bfloat16, at S = 1024 and 2048,
 side by side with the official PyTorch refiner on the same machine in the same run.
 
-    python benchmarks/refiner.py [--sizes 1024 2048] [--runs 5] [--dtypes float32 bfloat16] [--no-torch]
+    python benchmarks/refiner.py [--sizes 1024 2048] [--runs 5] [--dtypes float32 bfloat16] [--no-torch] [--cached]
                                  [--json benchmarks/refiner.json]
 
 Every configuration runs in a fresh subprocess so that its peak RSS is its own. Reported per configuration:
 compile time (lower + compile, separately from the runs), median and min over `--runs` timed runs after one
 warm-up run of (a) the refiner alone on (1, S, S, 1) maps and (b) the whole one-stage pipeline (host nearest
 resize of a 1080x1920 pair to S, jitted min-max + refiner, OpenCV linear back to 1080x1920), XLA's
-cost-analysis FLOPs of the compiled refiner, and the process's peak RSS.
+cost-analysis FLOPs of the compiled refiner, and the process's peak RSS: `peak_rss_mib` once the refiner has
+been built and run (what the torch worker does; ours includes compiling it), with `peak_rss_after_compile_mib`
+(JAX: after compiling, before the first run) and `peak_rss_with_pipeline_mib` (JAX: after the one-stage runs);
+with `--cached`, the same JAX worker once more with its programs loaded from a filled persistent compilation
+cache (a second `sddr-jax refine` of the same size): `peak_rss_cached_mib`, `compile_cached_s`, `refiner_cached_s`.
 
 The PyTorch side is a compact re-statement of the official `FuseNet` (same module tree and state-dict keys,
 so the official state dict loads with strict=True; `--check-torch` compares it with the stored official
@@ -23,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,11 +81,13 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
     lowered = _refiner_inference.lower(params, lo, hi, dtype=dtype, normalize=True, model_items=items)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
+    rss_compile = _peak_rss_mib()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
     refiner_times = _timed(lambda: jax.block_until_ready(compiled(params, lo, hi)), runs)
+    rss_refiner = _peak_rss_mib()  # what the torch worker does: build, run the refiner (ours also compiles it)
     rng = np.random.default_rng(0)
     base = np.cumsum(np.cumsum(rng.standard_normal((1080, 1920)), 0), 1).astype(np.float32)
     low_map, high_map = base[::4, ::4].repeat(4, 0).repeat(4, 1), base
@@ -90,7 +97,8 @@ def jax_worker(size: int, dtype_name: str, runs: int) -> dict:
         "impl": "jax", "dtype": dtype_name, "size": size, "runs": runs, "compile_s": compile_s,
         "refiner_median_s": statistics.median(refiner_times), "refiner_min_s": min(refiner_times),
         "one_stage_median_s": statistics.median(pipeline_times), "one_stage_min_s": min(pipeline_times),
-        "xla_flops": flops, "peak_rss_mib": _peak_rss_mib(), "device": str(jax.devices()[0]),
+        "xla_flops": flops, "peak_rss_mib": rss_refiner, "peak_rss_after_compile_mib": rss_compile,
+        "peak_rss_with_pipeline_mib": _peak_rss_mib(), "device": str(jax.devices()[0]),
         "jax": jax.__version__,
     }
 
@@ -341,9 +349,10 @@ def torch_worker(size: int, runs: int, check: bool, threads: int | None = None) 
 # driver
 
 
-def _spawn(args: list[str]) -> dict:
+def _spawn(args: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
                 "args": args}
@@ -364,6 +373,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     ap.add_argument("--check-torch", action="store_true", help="check the PyTorch port against the stored outputs")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--cached", action="store_true",
+                    help="also run each JAX configuration with its program loaded from a persistent compilation "
+                         "cache (as a second `sddr-jax refine` of that size does): keys compile_cached_s, "
+                         "refiner_cached_s, peak_rss_cached_mib")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -385,9 +398,19 @@ def main(argv=None) -> int:
                 extra += ["--torch-threads", str(args.torch_threads)]
             results.append(_spawn(["torch", "--size", str(size), "--runs", str(args.runs)] + extra))
         for dt in args.dtypes:
-            results.append(_spawn(["jax", "--size", str(size), "--dtype", dt, "--runs", str(args.runs)]))
+            worker = ["jax", "--size", str(size), "--dtype", dt, "--runs", str(args.runs)]
+            r = _spawn(worker)
+            if args.cached and "error" not in r:
+                with tempfile.TemporaryDirectory() as cache:
+                    env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+                    _spawn(worker, env)  # fills the cache
+                    c = _spawn(worker, env)
+                if "error" not in c:
+                    r.update(compile_cached_s=c["compile_s"], refiner_cached_s=c["refiner_median_s"],
+                             peak_rss_cached_mib=c["peak_rss_mib"])
+            results.append(r)
     header = f"{'impl':<26}{'dtype':<10}{'S':>6}{'compile s':>11}{'refiner s':>11}{'one-stage s':>13}{'vs torch':>10}" \
-             f"{'GFLOP':>9}{'peak RSS MiB':>14}"
+             f"{'GFLOP':>9}{'peak RSS MiB':>14}{'+one-stage':>12}{'cached':>9}"
     print(header)
     print("-" * len(header))
     torch_time = {r["size"]: r["refiner_median_s"] for r in results if r.get("impl", "").startswith("torch")}
@@ -398,7 +421,8 @@ def main(argv=None) -> int:
         ratio = torch_time.get(r["size"], float("nan")) / r["refiner_median_s"] if r["impl"] == "jax" else None
         gflop = r.get("xla_flops", float("nan")) / 1e9 if "xla_flops" in r else None
         print(f"{r['impl']:<26}{r['dtype']:<10}{r['size']:>6}{_fmt(r['compile_s']):>11}{_fmt(r['refiner_median_s']):>11}"
-              f"{_fmt(r.get('one_stage_median_s')):>13}{_fmt(ratio, 'x'):>10}{_fmt(gflop):>9}{_fmt(r['peak_rss_mib']):>14}")
+              f"{_fmt(r.get('one_stage_median_s')):>13}{_fmt(ratio, 'x'):>10}{_fmt(gflop):>9}{_fmt(r['peak_rss_mib']):>14}"
+              f"{_fmt(r.get('peak_rss_with_pipeline_mib')):>12}{_fmt(r.get('peak_rss_cached_mib')):>9}")
     print("times are medians of", args.runs, "runs after one warm-up; 'vs torch' = torch refiner time / this one")
     summary = {}
     for r in results:  # the issue's summary: jax float32 refiner time / torch refiner time, per size

@@ -98,7 +98,7 @@ class ConvReplicate(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_replicate(x, kernel, bias, taps_as_matmul=False if train else None)
+        return conv_replicate(x, kernel, bias, form="conv" if train else None)
 
 
 class TapConv(nn.Module):
@@ -138,30 +138,70 @@ class TapConv(nn.Module):
         return out + bias
 
 
-def conv_replicate(x: Array, kernel: Array, bias: Array | None = None, *,
-                   taps_as_matmul: bool | None = None) -> Array:
+CONV_FORMS = ("conv", "matmul", "planar")
+
+
+def conv_form(cin: int, cout: int) -> str:
+    """The fastest form of `conv_replicate` for this layer on the current backend (inference).
+
+    On CPU: "matmul" from 32 input channels, "planar" for narrower inputs to one output channel, else "conv".
+    XLA:CPU's convolution is slow on the refiner decoder's narrow layers (e.g. 38 ms against 1.3 ms for 32 ->
+    1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16, 24 ms against ~10 ms for the 5 x 5, 8 -> 1
+    output conv at 1024 x 1024; docs/benchmarks.md "Where the CPU time goes"); other backends keep it.
+    """
+    if jax.default_backend() != "cpu":
+        return "conv"
+    if cin >= 32:
+        return "matmul"
+    return "planar" if cout == 1 else "conv"
+
+
+def conv_replicate(x: Array, kernel: Array, bias: Array | None = None, *, form: str | None = None) -> Array:
     """Functional replicate-padded stride-1 convolution: x NHWC, kernel HWIO with odd square size.
 
-    On the CPU backend, with 32 or more input channels, it is computed as one matmul of the padded input with
-    the kernel laid out as (C_in, k*k*C_out), then the sum of the k*k shifted output blocks (the same sums in
-    another order: ~1e-6 relative). XLA:CPU's convolution is slow on the refiner decoder's narrow layers
-    (e.g. 38 ms against 1.3 ms for 32 -> 1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16;
-    docs/benchmarks.md "Where the CPU time goes"); with fewer input channels the convolution is as fast or
-    faster, and other backends keep the convolution. `taps_as_matmul` forces the choice (False: always the
-    convolution, as a training step uses it: its backward compiles faster).
+    `form` (default: `conv_form`, chosen per layer and backend) computes the same sums in another order
+    (~1e-6 relative):
+    - "conv": `lax.conv_general_dilated` (what a training step uses: its backward compiles faster);
+    - "matmul": one matmul of the padded input with the kernel laid out as (C_in, k*k*C_out), then the sum of
+      the k*k shifted output blocks;
+    - "planar": the input moved to channel planes, then per input channel the sum of its k*k shifted planes
+      times their taps, summed over the channels (multiply-adds that XLA:CPU vectorises along the rows).
     """
     k = kernel.shape[0]
+    form = conv_form(kernel.shape[2], kernel.shape[3]) if form is None else form
+    if form not in CONV_FORMS:
+        raise ValueError(f"conv_replicate form: expected one of {CONV_FORMS}, got {form!r}")
     lead = x.shape[:-3]
     x = x.reshape((-1,) + x.shape[-3:])
     padded = edge_pad(x, (k - 1) // 2)
-    if taps_as_matmul is None:
-        taps_as_matmul = kernel.shape[2] >= 32 and jax.default_backend() == "cpu"
-    if taps_as_matmul:
+    if form == "matmul":
         y = _conv_as_matmul(padded, kernel, x.shape[1], x.shape[2])
+    elif form == "planar":
+        y = _conv_planar(padded, kernel, x.shape[1], x.shape[2])
     else:
         y = jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y.reshape(lead + y.shape[1:])
     return y if bias is None else y + bias
+
+
+def _conv_planar(padded: Array, kernel: Array, h: int, w: int) -> Array:
+    """VALID k x k convolution of `padded` (N, h+k-1, w+k-1, C_in) with HWIO `kernel`, on channel planes:
+    per output and input channel the k*k shifted planes times their taps (one partial sum per input channel,
+    then their sum; this grouping ran faster than one long sum)."""
+    k, _, cin, cout = kernel.shape
+    planes = jnp.moveaxis(padded, -1, 1)  # (N, C_in, H', W')
+    outs = []
+    for o in range(cout):
+        partial = []
+        for c in range(cin):
+            acc = None
+            for i in range(k):
+                for j in range(k):
+                    term = kernel[i, j, c, o] * planes[:, c, i:i + h, j:j + w]
+                    acc = term if acc is None else acc + term
+            partial.append(acc)
+        outs.append(sum(partial[1:], partial[0]))
+    return jnp.stack(outs, axis=-1)
 
 
 def _conv_as_matmul(padded: Array, kernel: Array, h: int, w: int) -> Array:

@@ -133,22 +133,29 @@ def test_resize_bad_arguments():
         ops.resize_bilinear(jnp.zeros((4, 4)), (2, 2))
 
 
-@pytest.mark.parametrize("cin,cout,ksize", [(3, 2, 3), (32, 5, 3), (40, 1, 5)])
+@pytest.mark.parametrize("cin,cout,ksize", [(3, 2, 3), (32, 5, 3), (40, 1, 5), (8, 1, 5)])
 def test_conv_replicate_equals_edge_pad_and_valid_conv(cin, cout, ksize):
-    """Both forms (the convolution below 32 input channels, the matmul of taps from 32 on CPU) equal the
-    definition, summed in float64."""
+    """Every form (the default choice per layer, and each one forced) equals the definition, summed in
+    float64; on CPU the default is the convolution for (3, 2), the matmul of taps from 32 input channels
+    and the channel planes for (8, 1)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 7, cin)).astype(np.float32)
     k = rng.standard_normal((ksize, ksize, cin, cout)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
-    y = np.asarray(ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)))
     r = ksize // 2
     xp = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge").astype(np.float64)
     ref = np.zeros((2, 6, 7, cout))
     for i in range(6):
         for j in range(7):
             ref[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + ksize, j:j + ksize], k) + b
-    np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(cin * ksize * ksize))
+    for form in (None,) + ops.CONV_FORMS:
+        y = np.asarray(ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), form=form))
+        np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(cin * ksize * ksize), err_msg=str(form))
+    assert ops.conv_form(cin, cout) == {(3, 2): "conv", (32, 5): "matmul", (40, 1): "matmul",
+                                        (8, 1): "planar"}[(cin, cout)]
+    y = np.asarray(ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)))
+    with pytest.raises(ValueError, match="form"):
+        ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), form="fft")
     if cin != 3:
         return
     mod = ops.ConvReplicate(2, 3)
