@@ -12,7 +12,7 @@ side in one run (ratios); on a GPU the absolute images/s (target: >= 50 images/s
 data: a phase-1 step (L_gt only) against a phase-2 step (the teacher's label pass on the batch, then the
 full-loss step), side by side on the same batches (target: phase 2 <= 2x phase 1).
 
-    python benchmarks/train.py --config configs/synthetic.py:acceptance --data-dir runs/data --steps 5
+    python benchmarks/train.py --config configs/synthetic.py:acceptance --data-dir runs/data --steps 5 [--repeats 3]
 """
 from __future__ import annotations
 
@@ -73,8 +73,12 @@ def bench(size: int, mode: str, batch_per_device: int, steps: int, with_labels: 
             "steps_per_s": 1.0 / dt, "images_per_s": n / dt}
 
 
-def bench_config(config_arg: str, data_dir: str, steps: int) -> dict:
-    """Phase-1 vs phase-2 step time of a training config, on `steps` of its own batches (pipeline excluded)."""
+def bench_config(config_arg: str, data_dir: str, steps: int, repeats: int = 1) -> dict:
+    """Phase-1 vs phase-2 step time of a training config, on `steps` of its own batches (pipeline excluded).
+
+    With `repeats` > 1 the phases and the label pass are timed that many times each, interleaved (phase 1,
+    phase 2, labels, phase 1, ...), and the medians are reported: single runs on a shared 2-core machine
+    move by 10-30 %. The per-repeat times are kept under `*_step_s_runs` / `labels_s_runs`."""
     import functools
 
     from sddr_jax import losses
@@ -128,16 +132,21 @@ def bench_config(config_arg: str, data_dir: str, steps: int) -> dict:
         t0 = time.perf_counter()
         jax.block_until_ready(fn(devs[0]))
         row[f"{name}_first_step_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for dev in devs[1:]:
-            m = fn(dev)
-        jax.block_until_ready(m)
-        row[f"{name}_step_s"] = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    for dev in devs[1:]:
-        out = label_fn(teacher, dev, pred)
-    jax.block_until_ready(out)
-    row["labels_s"] = (time.perf_counter() - t0) / steps
+
+    def labels_only(dev):
+        return label_fn(teacher, dev, pred)
+
+    runs = {"phase1_step_s": [], "phase2_step_s": [], "labels_s": []}
+    for _ in range(max(1, repeats)):
+        for name, fn in (("phase1_step_s", gt), ("phase2_step_s", sd), ("labels_s", labels_only)):
+            t0 = time.perf_counter()
+            for dev in devs[1:]:
+                m = fn(dev)
+            jax.block_until_ready(m)
+            runs[name].append((time.perf_counter() - t0) / steps)
+    for name, values in runs.items():
+        row[name] = float(np.median(values))
+        row[name + "_runs"] = values
     row["ratio_phase2_phase1"] = row["phase2_step_s"] / row["phase1_step_s"]
     return row
 
@@ -153,15 +162,18 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--config", default=None, help="time a training config's phase-1 vs phase-2 step instead")
     ap.add_argument("--data-dir", default="runs/data")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="with --config: time each phase and the label pass this many times, report medians")
     args = ap.parse_args()
     if args.config:
-        r = bench_config(args.config, args.data_dir, args.steps)
+        r = bench_config(args.config, args.data_dir, args.steps, args.repeats)
         print(f"{args.config}: S={r['image_size']} batch {r['batch']}, labels {r['label_schedule']} at "
               f"{r['label_size']}; load average {os.getloadavg()}")
         print(f"{'phase':>8} {'first s':>8} {'step s':>8}")
         for name in ("phase1", "phase2"):
             print(f"{name:>8} {r[name + '_first_step_s']:8.2f} {r[name + '_step_s']:8.3f}")
-        print(f"label pass alone {r['labels_s']:.3f} s/step; phase 2 / phase 1 = {r['ratio_phase2_phase1']:.2f}")
+        print(f"label pass alone {r['labels_s']:.3f} s/step; phase 2 / phase 1 = {r['ratio_phase2_phase1']:.2f}"
+              + (f" (medians of {args.repeats} repeats)" if args.repeats > 1 else ""))
         if args.json:
             from sddr_jax.io import write_json_atomic
 

@@ -146,7 +146,7 @@ def conv_form(cin: int, cout: int) -> str:
 
     On CPU: "matmul" from 32 input channels, "planar" for narrower inputs to one output channel, else "conv".
     XLA:CPU's convolution is slow on the refiner decoder's narrow layers (e.g. 38 ms against 1.3 ms for 32 ->
-    1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16, 24 ms against ~10 ms for the 5 x 5, 8 -> 1
+    1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16, 46 ms against 26 ms for the 5 x 5, 8 -> 1
     output conv at 1024 x 1024; docs/benchmarks.md "Where the CPU time goes"); other backends keep it.
     """
     if jax.default_backend() != "cpu":
