@@ -260,3 +260,13 @@ def test_quantile_nan_and_bad_arguments():
         ops.quantile(jnp.asarray(x), 1.5)
     with pytest.raises(UserError, match="float32"):
         ops.quantile(jnp.arange(4), 0.5)
+
+
+def test_quantile_gradient_equals_jnp_quantile():
+    """The gradient reaches the two interpolated order statistics, as through jnp.quantile's sort."""
+    x = jnp.asarray(np.random.default_rng(5).permutation(50).astype(np.float32).reshape(2, 25))
+    for q in (0.3, 0.85, 1.0):
+        got = jax.grad(lambda v: jnp.sum(ops.quantile(v, q) * jnp.asarray([1.0, 2.0])))(x)
+        ref = jax.grad(lambda v: jnp.sum(jnp.quantile(v, q, axis=-1) * jnp.asarray([1.0, 2.0])))(x)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=0)
+        assert float(jnp.abs(got).sum()) > 0
