@@ -403,7 +403,7 @@ def main(argv=None) -> int:
             if args.cached and "error" not in r:
                 with tempfile.TemporaryDirectory() as cache:
                     env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-                    _spawn(worker, env)  # fills the cache
+                    _spawn(worker, env)  # fills the cache (apart from `r`, whose figures exclude writing it)
                     c = _spawn(worker, env)
                 if "error" not in c:
                     r.update(compile_cached_s=c["compile_s"], refiner_cached_s=c["refiner_median_s"],

@@ -112,7 +112,7 @@ def _phase_components(nonedge: Array, patch: int, stride: int, iterations: int, 
     # p's pixels at p * (H * W + 1) + flat index, its sentinel right after them. The pointer jumps are then one
     # un-batched gather with clipped indices: XLA:CPU runs that 4-5x faster than `take_along_axis` over the
     # phase axis (more under vmap), with the same labels.
-    offs = (jnp.arange(n_ph, dtype=jnp.int32) * (big + 1))[:, None, None]
+    offs = _phase_offsets(n_ph, big)[:, None, None]
     sentinel = (offs + big).reshape(n_ph, 1)
     init = jnp.where(ne, jnp.arange(big, dtype=jnp.int32).reshape(1, h, w), big) + offs
     top = jnp.iinfo(jnp.int32).max  # above every label: outside the image never wins the minimum
@@ -129,6 +129,11 @@ def _phase_components(nonedge: Array, patch: int, stride: int, iterations: int, 
 
     lab, _ = jax.lax.scan(step, init, None, length=iterations)
     return lab - offs, pt, pl
+
+
+def _phase_offsets(n_ph: int, big: int) -> Array:
+    """Where phase p's H * W labels (and its sentinel, at H * W) start in a flat table of all phases."""
+    return jnp.arange(n_ph, dtype=jnp.int32) * (big + 1)
 
 
 def _tiling_weight(pos: Array, patch: int, overlap: int) -> Array:
@@ -168,7 +173,7 @@ def _local_inconsistency3(d: Array, key, k_a: float, k_b: float, patch: int, str
     n_ph = lab.shape[0]
     a_tab = 1.0 + k_a * jax.random.uniform(ka, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
     b_tab = k_b * rng * jax.random.uniform(kb, (n_ph, h * w + 1), minval=-1.0, maxval=1.0)
-    flat = (lab.reshape(n_ph, -1) + jnp.arange(n_ph, dtype=jnp.int32)[:, None] * (h * w + 1)).reshape(-1)
+    flat = (lab.reshape(n_ph, -1) + _phase_offsets(n_ph, h * w)[:, None]).reshape(-1)
     a = a_tab.reshape(-1).at[flat].get(mode="clip").reshape(lab.shape)  # one flat gather (see above)
     b = b_tab.reshape(-1).at[flat].get(mode="clip").reshape(lab.shape)
     overlap = patch // stride

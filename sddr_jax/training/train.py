@@ -568,8 +568,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
             state, metrics = step_job(state, dev)
         elif teacher is None:  # phase 1 of a self-distillation run
             if placeholder is None:
-                placeholder = placeholder_labels({k: batch[k] for k in ("rgb", "low", "high", "depth", "valid",
-                                                                        "key") if k in batch})
+                placeholder = placeholder_labels({k: batch[k] for k in label_input_keys(True) if k in batch})
             state, metrics = step_job(state, dev, placeholder, use_labels[False])
         else:
             labels = label_job(teacher, label_inputs(batch, dev), label_pred)
