@@ -10,7 +10,9 @@ PNG output follows the official demo (docs/method.md §5.1 step 5): min-max norm
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -293,6 +295,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
             os.unlink(tmp)
         raise
     return p
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that `atomic_write` made for `path` and never renamed: what a process killed while
+    writing it (kill -9, power loss) leaves beside it, named `.{stem}.<8 random characters>{suffix}`."""
+    p = Path(path)
+    pattern = re.compile(re.escape(f".{p.stem}.") + r"[a-z0-9_]{8}" + re.escape(p.suffix))
+    return sorted(q for q in p.parent.glob(f".{glob.escape(p.stem)}.*{glob.escape(p.suffix)}")
+                  if pattern.fullmatch(q.name))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:

@@ -301,13 +301,22 @@ def test_kill_9_during_refine_and_convert(workspace, tmp_path):
     args = ["refine", "--checkpoint", str(workspace / "converted"), "--input", str(src), "--output", str(out),
             "--size", str(S), "--format", "npy"]
     _kill_when(_cli_subprocess(args), lambda: out.is_dir() and any(out.glob("im*.npy")))
-    done = sorted(p.name for p in out.iterdir())
-    assert done and all(p.endswith(".npy") and not p.startswith(".") for p in done), done  # no temp or partial file
+    # Every final name is a complete output; a kill between a temp file's creation and its rename may leave that
+    # temp file (hidden, atomic_write's name), which --skip-existing removes. One is planted so that the cleanup
+    # is checked in every run, not only when the kill lands there.
+    done = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    temps = [p for p in out.iterdir() if p.name.startswith(".")]
+    assert done and all(p.endswith(".npy") for p in done), done
     for p in done:
         assert np.load(out / p).shape == (40, 56)
+    assert all(t in io.stale_temps(out / (t.name.split(".")[1] + ".npy")) for t in temps), temps
     assert len(done) < len(names)
+    todo = next(n for n in names if f"{n}.npy" not in done)
+    planted = out / f".{todo}.abcd_123.npy"
+    planted.write_bytes(b"half")
+    assert planted in io.stale_temps(out / f"{todo}.npy")
     assert cli.main(args + ["--skip-existing"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.npy" for n in names)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.npy" for n in names)  # temp files gone
 
     dest = tmp_path / "conv"
     _kill_when(_cli_subprocess(["convert", str(workspace / "model.pt"), str(dest)]),

@@ -1,4 +1,6 @@
 """Depth map reading/writing by extension, official quantisation, atomic no-overwrite writes."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -123,3 +125,18 @@ def test_read_image_size(tmp_path):
     assert io.read_image_size(path) == (7, 9)
     with pytest.raises(FileNotFoundError):
         io.read_image_size(tmp_path / "none.png")
+
+
+def test_stale_temps_are_atomic_writes_own_names(tmp_path):
+    """`stale_temps` finds the temporary file `atomic_write` makes for a path (as a killed writer leaves it),
+    and nothing else beside it."""
+    import tempfile
+
+    target = tmp_path / "im0.npy"
+    _, made = tempfile.mkstemp(dir=tmp_path, prefix=".im0.", suffix=".npy")  # atomic_write's own call
+    others = [".im0.notes.npy", ".im00.abcdefgh.npy", ".im0.abcdefgh.png", "im0.abcdefgh.npy", ".im1.abcdefgh.npy"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    assert io.stale_temps(target) == [Path(made)]
+    io.atomic_write(target, lambda p: np.save(p, np.zeros(2)))
+    assert io.stale_temps(target) == [Path(made)]  # a finished write leaves none of its own

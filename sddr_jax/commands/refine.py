@@ -71,7 +71,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--skip-existing", action="store_true",
                         help="resume an interrupted folder run: keep the outputs that are complete (readable, of "
-                             "the expected size) and refine only the others")
+                             "the expected size) and refine only the others (removing the temporary files a "
+                             "killed run left for them)")
 
 
 def _schedules():
@@ -323,6 +324,7 @@ def _load_predictor(args):
 def run(args) -> int:
     import sys
 
+    from sddr_jax import io
     from sddr_jax.checkpoints import load_refiner
     from sddr_jax.io import check_writable_dir
     from sddr_jax.inference.one_stage import check_size
@@ -345,6 +347,11 @@ def run(args) -> int:
         if not jobs:
             print(f"all {skipped} outputs are complete; nothing to refine -> {args.output}")
             return 0
+        # What a killed run left half-written: the temporary files of the outputs still to do (never a final name).
+        for _, _, _, _, o in jobs:
+            for p in (o, _preview_path(o)):
+                for tmp in io.stale_temps(p):
+                    tmp.unlink()
     # Refuse before computing anything: no partial output.
     taken = [p for _, _, _, _, o in jobs for p in ((o, _preview_path(o)) if args.preview else (o,)) if p.exists()]
     if taken and not (args.overwrite or args.skip_existing):
