@@ -10,6 +10,8 @@ PyTorch's choice of source pixels. Output sizes are static (Python ints), so the
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Callable, Sequence
 
@@ -141,19 +143,45 @@ class TapConv(nn.Module):
 CONV_FORMS = ("conv", "matmul", "planar")
 
 
+_EMBEDDED = contextvars.ContextVar("sddr_jax_embedded_forms", default=False)
+
+
+@contextlib.contextmanager
+def embedded_forms():
+    """Within this context `conv_form` picks the forms for a network whose output is read again inside the
+    same compiled program (the coarse-to-fine passes, the label pass): no planar form for inputs of more
+    than one channel.
+
+    The planar form is a chain of k*k*C_in multiply-adds per output pixel that XLA:CPU fuses into each
+    consumer of its output, recomputing it per read: nearest upsampling of window crops, the 9 reads of a
+    Sobel filter. For the refiner's 5 x 5, 8 -> 1 output conv that costs more than the form saves (the label
+    pass of configs/synthetic.py:acceptance: 368 -> 257 ms per batch; docs/benchmarks.md). A program that
+    only returns the output (the one-stage refiner) keeps the planar form. Trace-time setting, like
+    `jax.default_matmul_precision`.
+    """
+    token = _EMBEDDED.set(True)
+    try:
+        yield
+    finally:
+        _EMBEDDED.reset(token)
+
+
 def conv_form(cin: int, cout: int) -> str:
     """The fastest form of `conv_replicate` for this layer on the current backend (inference).
 
-    On CPU: "matmul" from 32 input channels, "planar" for narrower inputs to one output channel, else "conv".
-    XLA:CPU's convolution is slow on the refiner decoder's narrow layers (e.g. 38 ms against 1.3 ms for 32 ->
-    1 channels at 256 x 256, 41 ms against 14 ms for 32 -> 16, 46 ms against 26 ms for the 5 x 5, 8 -> 1
-    output conv at 1024 x 1024; docs/benchmarks.md "Where the CPU time goes"); other backends keep it.
+    On CPU: "matmul" from 32 input channels, "planar" for narrower inputs to one output channel (one input
+    channel only within `embedded_forms`), else "conv". XLA:CPU's convolution is slow on the refiner
+    decoder's narrow layers (e.g. 38 ms against 1.3 ms for 32 -> 1 channels at 256 x 256, 41 ms against
+    14 ms for 32 -> 16, 46 ms against 26 ms for the 5 x 5, 8 -> 1 output conv at 1024 x 1024;
+    docs/benchmarks.md "Where the CPU time goes"); other backends keep it.
     """
     if jax.default_backend() != "cpu":
         return "conv"
     if cin >= 32:
         return "matmul"
-    return "planar" if cout == 1 else "conv"
+    if cout == 1 and (cin == 1 or not _EMBEDDED.get()):
+        return "planar"
+    return "conv"
 
 
 def conv_replicate(x: Array, kernel: Array, bias: Array | None = None, *, form: str | None = None) -> Array:

@@ -153,6 +153,11 @@ def test_conv_replicate_equals_edge_pad_and_valid_conv(cin, cout, ksize):
         np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(cin * ksize * ksize), err_msg=str(form))
     assert ops.conv_form(cin, cout) == {(3, 2): "conv", (32, 5): "matmul", (40, 1): "matmul",
                                         (8, 1): "planar"}[(cin, cout)]
+    with ops.embedded_forms():  # inside a larger program: no planar form for wider inputs
+        assert ops.conv_form(cin, cout) == {(3, 2): "conv", (32, 5): "matmul", (40, 1): "matmul",
+                                            (8, 1): "conv"}[(cin, cout)]
+        assert ops.conv_form(1, 1) == "planar"
+    assert ops.conv_form(8, 1) == "planar"  # the context is left behind
     y = np.asarray(ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)))
     with pytest.raises(ValueError, match="form"):
         ops.conv_replicate(jnp.asarray(x), jnp.asarray(k), form="fft")

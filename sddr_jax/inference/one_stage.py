@@ -26,7 +26,7 @@ import numpy as np
 from sddr_jax.errors import UserError
 from sddr_jax.io import total_memory_bytes
 from sddr_jax.models.refiner import SIZE_MULTIPLE, build_refiner, check_params, model_config_dict
-from sddr_jax.ops import fill_invalid, minmax_normalize, resize_linear_host, resize_nearest_host
+from sddr_jax.ops import embedded_forms, fill_invalid, minmax_normalize, resize_linear_host, resize_nearest_host
 
 Array = jax.Array
 DEFAULT_SIZE = 2048
@@ -104,8 +104,9 @@ class RefinerFn:
 
     def __call__(self, params, low, high):
         model = build_refiner(dataclasses.asdict(self))
-        out = model.apply({"params": unwrap_params(params)}, minmax_normalize(low), minmax_normalize(high),
-                          train=False)
+        with embedded_forms():  # the refined map is read again by the pipeline around this call
+            out = model.apply({"params": unwrap_params(params)}, minmax_normalize(low), minmax_normalize(high),
+                              train=False)
         return out.refined
 
 
