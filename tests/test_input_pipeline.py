@@ -244,3 +244,72 @@ def test_batch_spec_is_the_batches_layout(source):
             k: (v.shape, v.dtype) for k, v in batch.items()}
     with pytest.raises(UserError, match="unknown key.*'name'"):
         ip.batch_spec(S, 4, ("rgb", "name"))
+
+
+def _mixture_sources():
+    """Two in-memory sources told apart by their depth: A = 1.0 + i / 100 (6 records), B = 3.0 + i / 100 (4)."""
+    def recs(base, n, tag):
+        return [_record(f"{tag}{i}", np.zeros((8, 8, 3), np.uint8), np.full((8, 8), base + i / 100, np.float32))
+                for i in range(n)]
+    return recs(1.0, 6, "a"), recs(3.0, 4, "b")
+
+
+def test_mixture_draws_in_proportion_and_each_source_in_its_own_shuffled_epochs():
+    a, b = _mixture_sources()
+    kw = dict(image_size=8, global_batch_size=4, seed=3, simulate=False, shard=(1, 0), num_threads=1,
+              augment=ip.AugmentConfig.none())
+    batches = _batches(ip.make_dataset([a, b], weights=[3.0, 1.0], **kw), 24)
+    values = np.concatenate([bt["depth"][:, 0, 0, 0] for bt in batches])  # 96 examples
+    from_a = values[values < 2]
+    from_b = values[values > 2]
+    assert len(from_a) == 72 and len(from_b) == 24  # 3 : 1
+    # Every epoch of a source holds each of its records once, in an order that changes between epochs.
+    ids_a = np.rint((from_a - 1.0) * 100).astype(int)
+    ids_b = np.rint((from_b - 3.0) * 100).astype(int)
+    for ids, n in ((ids_a, 6), (ids_b, 4)):
+        epochs = ids[:len(ids) // n * n].reshape(-1, n)
+        assert all(sorted(e) == list(range(n)) for e in epochs)
+        assert len({tuple(e) for e in epochs}) > 1
+    # Source i is shuffled with seed + i: source 0's order is the one-source stream's.
+    alone = _batches(ip.make_dataset(a, **kw), 3)
+    np.testing.assert_array_equal(ids_a[:12], np.rint((np.concatenate([bt["depth"][:, 0, 0, 0] for bt in alone])
+                                                       - 1.0) * 100).astype(int))
+
+
+def test_mixture_resumes_exactly_and_checks_its_arguments():
+    a, b = _mixture_sources()
+    kw = dict(image_size=8, global_batch_size=2, seed=0, simulate=False, shard=(1, 0), num_threads=1)
+    ds = ip.make_dataset([a, b], weights=[1.0, 2.0], **kw)
+    it = iter(ds)
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]
+    fresh = iter(ds)
+    fresh.set_state(state)
+    _assert_same([next(fresh) for _ in range(4)], expected)
+    with pytest.raises(UserError, match="one weight per source"):
+        ip.make_dataset([a, b], weights=[1.0], **kw)
+    with pytest.raises(UserError, match="positive finite"):
+        ip.make_dataset([a, b], weights=[1.0, 0.0], **kw)
+    with pytest.raises(UserError, match="train=True"):
+        ip.make_dataset([a, b], weights=[1.0, 1.0], train=False, **kw)
+    with pytest.raises(UserError, match="source 1 of the mixture has 1 records, fewer than the 2 processes"):
+        ip.make_dataset([a, b[:1]], weights=[1.0, 1.0], **dict(kw, shard=(2, 0)))
+
+
+def test_mixture_config_is_checked():
+    import ml_collections
+
+    def cfg(mixture):
+        return ml_collections.ConfigDict({"data": {"mixture": mixture}})
+
+    assert ip.mixture_of(cfg(())) == []
+    assert ip.mixture_of(cfg((("tartanair", "", 1), ("sddr_synthetic", "tiny", 0.5)))) == [
+        ("tartanair", None, 1.0), ("sddr_synthetic", "tiny", 0.5)]
+    with pytest.raises(UserError, match=r"data.mixture\[0\]: unknown dataset 'nyu'"):
+        ip.mixture_of(cfg((("nyu", "", 1.0),)))
+    with pytest.raises(UserError, match=r"data.mixture\[1\] \(hrwsi\): weight must be a positive number"):
+        ip.mixture_of(cfg((("tartanair", "", 1.0), ("hrwsi", "", -1.0))))
+    with pytest.raises(UserError, match=r"data.mixture\[0\]: expected a \(dataset name, config, weight\) triple"):
+        ip.mixture_of(cfg((("tartanair", 1.0),)))

@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import pathlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import grain
@@ -283,12 +283,14 @@ def make_dataset(
     skip_counter: SkipCounter | None = None,
     shard: tuple[int, int] | None = None,
     edge_poor: tuple[float, int] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> grain.IterDataset:
     """The grain dataset of device-ready batches from a random-access `source` (e.g. `data_source(...)`).
 
     Args:
       source: a random-access source of stored records (`tfds.data_source`, or any sequence of dicts with
-        `name`, `rgb` PNG bytes, `depth` float32 (H, W), `low`/`high` PNG bytes or b'').
+        `name`, `rgb` PNG bytes, `depth` float32 (H, W), `low`/`high` PNG bytes or b''); with `weights`, a
+        sequence of such sources (a mixture, training only).
       image_size: S, the side of the square output maps.
       global_batch_size: batch over all processes; each process yields global_batch_size / process_count.
       seed: seeds the shuffle, the augmentation and the simulated predictor.
@@ -308,6 +310,10 @@ def make_dataset(
       edge_poor: (fraction, factor): replace the ground truth of this fraction of the examples (drawn per
         example, after its augmentation draws) with `edge_poor_depth(depth, factor)`; the sharp map stays in
         `scene_depth` (every example has it), which is what the simulated predictor reads. None: off.
+      weights: mixing weights of the sources (a mixture, e.g. the paper's training sets; docs/datasets.md):
+        each source is sharded by process, shuffled with its own seed and repeated, then grain's
+        `MapDataset.mix` interleaves them in these proportions (deterministic in the stream index, so the
+        iterator state resumes the mixture exactly). None: `source` is one source.
 
     Returns:
       A grain `IterDataset`; `iter(ds)` is a `grain.DatasetIterator` with `get_state()`/`set_state()`.
@@ -332,18 +338,35 @@ def make_dataset(
             raise UserError(f"edge_poor: expected (fraction in [0, 1], factor >= 1), got {tuple(edge_poor)}")
     if drop_remainder is None:
         drop_remainder = train
-    n = len(source)
-    if n < process_count:
-        raise UserError(f"source has {n} records, fewer than the {process_count} processes")
     counter = skip_counter if skip_counter is not None else SkipCounter()
 
-    ds = grain.MapDataset.source(source)
-    per_process = n // process_count  # ShardByJaxProcess(drop_remainder=True): equal shards
-    ds = ds[process_index * per_process:(process_index + 1) * per_process]
-    if train:
-        ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    elif num_epochs not in (None, 1):
-        ds = ds.repeat(num_epochs)
+    def shard_of(src, what: str) -> grain.MapDataset:
+        n = len(src)
+        if n < process_count:
+            raise UserError(f"{what} has {n} records, fewer than the {process_count} processes")
+        per_process = n // process_count  # ShardByJaxProcess(drop_remainder=True): equal shards
+        return grain.MapDataset.source(src)[process_index * per_process:(process_index + 1) * per_process]
+
+    if weights is None:
+        ds = shard_of(source, "source")
+        if train:
+            ds = ds.shuffle(seed=seed).repeat(num_epochs)
+        elif num_epochs not in (None, 1):
+            ds = ds.repeat(num_epochs)
+    else:
+        sources = list(source)
+        weights = [float(w) for w in weights]
+        if not train:
+            raise UserError("weights: a mixture of sources is for training streams (train=True) only")
+        if len(sources) != len(weights) or not sources:
+            raise UserError(f"weights: expected one weight per source, got {len(weights)} weights for "
+                            f"{len(sources)} sources")
+        if not all(np.isfinite(w) and w > 0 for w in weights):
+            raise UserError(f"weights: expected positive finite numbers, got {weights}")
+        # Source i shuffles with seed + i (its own order); epochs are per source (each repeats on its own).
+        parts = [shard_of(src, f"source {i} of the mixture").shuffle(seed=seed + i).repeat(num_epochs)
+                 for i, src in enumerate(sources)]
+        ds = grain.MapDataset.mix(parts, weights)
 
     # Per-example RNG from (seed, process, stream index): independent of threads and batching.
     def load(index: int, record):
@@ -417,12 +440,37 @@ def batch_spec(image_size: int, batch_size: int, keys=("rgb", "low", "high", "de
     return {k: jax.ShapeDtypeStruct(*layout[k]) for k in keys}
 
 
+def mixture_of(config: Any) -> list[tuple[str, str | None, float]]:
+    """`config.data.mixture` as [(dataset name, builder config or None, weight)], checked; [] = no mixture.
+
+    Each entry is a (name, config, weight) triple, e.g. `("tartanair", "", 0.125)` ("" = the builder's default
+    config). The training stream draws from the entries in proportion to their weights (`make_dataset`); the
+    held-out split stays `data.name`'s.
+    """
+    entries = config.data.get("mixture") or ()
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            name, builder_config, weight = entry
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise UserError(f"data.mixture[{i}]: expected a (dataset name, config, weight) triple, got "
+                            f"{entry!r}") from None
+        if name not in registry.DATASETS:
+            raise UserError(f"data.mixture[{i}]: unknown dataset {name!r}; known: {', '.join(registry.DATASETS)}")
+        if not (np.isfinite(weight) and weight > 0):
+            raise UserError(f"data.mixture[{i}] ({name}): weight must be a positive number, got {weight}")
+        out.append((str(name), str(builder_config) or None, weight))
+    return out
+
+
 class TrainData:
     """The training stream and the held-out batches of `config.data` (built with `make_dataset`).
 
     Each process reads its own shard; batches are flat (this process's rows) and `Placement.shard` lays
-    them out. A generated dataset (`sddr_synthetic`) that is not built yet is built first when
-    `data.build_if_missing` is set (process 0 builds, the others wait at a barrier).
+    them out. With `data.mixture` the training stream mixes several datasets (`mixture_of`). A generated
+    dataset (`sddr_synthetic`) that is not built yet is built first when `data.build_if_missing` is set
+    (process 0 builds, the others wait at a barrier).
     """
 
     def __init__(self, config: Any):
@@ -430,31 +478,43 @@ class TrainData:
         d = config.data
         self.data_dir = data_dir_of(config)
         self.builder_config = d.get("config") or None
-        kind = registry.DATASETS.get(d.name, ("", ""))[0]
-        builder = registry.get_builder(d.name, self.data_dir, self.builder_config)
-        if not builder.is_prepared() and kind == "generated" and d.get("build_if_missing", False):
+        self.mixture = mixture_of(config)
+        # In the same order on every process (each build may end at a barrier).
+        wanted = [(d.name, self.builder_config)] + [(n, c) for n, c, _ in self.mixture]
+        for name, builder_config in dict.fromkeys(wanted):
+            self._build_if_missing(name, builder_config)
+        # 0 / empty = simulate_prediction's own default (low S/4, high S, training resolution = low).
+        self.predictor_kwargs = {k: v for k, v in dict(d.predictor).items() if v not in (0, None, "")}
+
+    def _build_if_missing(self, name: str, builder_config: str | None) -> None:
+        kind = registry.DATASETS.get(name, ("", ""))[0]
+        builder = registry.get_builder(name, self.data_dir, builder_config)
+        if not builder.is_prepared() and kind == "generated" and self.config.data.get("build_if_missing", False):
             if jax.process_index() == 0:
-                registry.build(d.name, self.data_dir, None, self.builder_config)
+                registry.build(name, self.data_dir, None, builder_config)
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
 
-                multihost_utils.sync_global_devices("sddr_jax data build")
-                # 0 / empty = simulate_prediction's own default (low S/4, high S, training resolution = low).
-        self.predictor_kwargs = {k: v for k, v in dict(d.predictor).items() if v not in (0, None, "")}
+                multihost_utils.sync_global_devices(f"sddr_jax data build {name}")
 
     def _dataset(self, split: str, train: bool, batch_size: int, num_epochs=None):
         d = self.config.data
         poor = dict(d.get("edge_poor_gt") or {})
         fraction = float(poor.get("fraction", 0.0))
         edge_poor = (fraction, int(poor.get("factor", 4))) if train and fraction > 0 else None
-        source = data_source(d.name, self.data_dir, split, self.builder_config)
+        weights = None
+        if train and self.mixture:
+            source = [data_source(name, self.data_dir, split, c) for name, c, _ in self.mixture]
+            weights = [w for _, _, w in self.mixture]
+        else:
+            source = data_source(d.name, self.data_dir, split, self.builder_config)
         augment = AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                             for k, v in d.augment.items()}) if train else None
         return make_dataset(
             source, image_size=int(d.image_size), global_batch_size=batch_size, seed=int(self.config.seed),
             train=train, num_epochs=num_epochs, augment=augment, drop_remainder=train,
             predictor_kwargs=self.predictor_kwargs, num_threads=int(d.num_threads),
-            prefetch_buffer_size=int(d.prefetch_buffer_size), edge_poor=edge_poor)
+            prefetch_buffer_size=int(d.prefetch_buffer_size), edge_poor=edge_poor, weights=weights)
 
     def train_iterator(self):
         """A checkpointable grain iterator over training batches (shuffled, augmented, repeated forever)."""
