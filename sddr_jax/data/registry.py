@@ -15,14 +15,19 @@ from sddr_jax.errors import UserError
 DATASETS: dict[str, tuple[str, str]] = {
     "sddr_synthetic": ("generated", "procedural RGB-D scenes (no download; configs tiny, s512, s1024, s2048)"),
     "middlebury2021": ("eval", "Middlebury 2021, PFM disparity + calib.txt (configs float, legacy_uint8)"),
+    "middlebury2014": ("eval", "Middlebury 2014 -perfect scenes, PFM + calib (configs float, legacy_uint8)"),
+    "eth3d": ("eval", "ETH3D high-res multi-view training scenes, raw float32 laser-scan depth"),
     "multiscopic": ("eval", "Multiscopic test set, 8-bit disparity PNGs"),
     "hypersim": ("eval", "Hypersim, HDF5 colour + distance, tone-mapped"),
     "diml": ("eval", "DIML/CVL official test set (configs hr, lr)"),
     "diode": ("eval", "DIODE validation (configs all, indoors, outdoor)"),
+    "booster": ("eval", "Booster balanced training set, disp_00.npy + calib_00-02.xml (configs all, im0)"),
     "hrwsi": ("train", "HR-WSI web stereo images"),
     "tartanair": ("train", "TartanAir"),
     "unrealstereo4k": ("train", "UnrealStereo4K"),
     "mvs_synth": ("train", "MVS-Synth (EXR depth)"),
+    "irs": ("train", "IRS indoor stereo (EXR disparity -> metric depth)"),
+    "ibims1": ("train", "iBims-1 laser-scanned indoor depth (.mat or 16-bit PNG + masks)"),
 }
 
 
