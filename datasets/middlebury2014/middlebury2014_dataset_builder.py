@@ -22,12 +22,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from sddr_jax.errors import UserError
 from sddr_jax_datasets import common
 from sddr_jax_datasets.middlebury2021.middlebury2021_dataset_builder import (
-    MiddleburyConfig, disparity_to_depth, legacy_uint8)
+    MiddleburyConfig, load_view)
 
 # Scenes of the 2014 page with public GT (torchvision's "train" and "additional" lists).
 SCENES_WITH_GT = (
@@ -83,14 +80,4 @@ class Builder(common.DepthBuilder):
         return {"test": samples}
 
     def _load(self, sample):
-        rgb = common.read_rgb(sample.files["rgb"])
-        disp, scale = common.read_pfm(sample.files["disp"], return_scale=True)
-        if disp.ndim != 2:
-            raise UserError(f"{sample.files['disp']}: expected a single-channel PFM (Pf), got 3 channels")
-        if np.isnan(disp).any():
-            raise UserError(f"{sample.files['disp']}: disparity has {int(np.isnan(disp).sum())} NaN values")
-        calib = common.read_middlebury_calib(sample.files["calib"])
-        depth = common.check_depth(disparity_to_depth(disp, scale, calib), sample.files["disp"])
-        if self.builder_config.legacy_uint8:
-            depth = legacy_uint8(depth)
-        return rgb, depth
+        return load_view(sample.files, self.builder_config.legacy_uint8)

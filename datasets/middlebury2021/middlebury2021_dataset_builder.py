@@ -70,14 +70,18 @@ class Builder(common.DepthBuilder):
         return {"test": samples}
 
     def _load(self, sample):
-        rgb = common.read_rgb(sample.files["rgb"])
-        disp, scale = common.read_pfm(sample.files["disp"], return_scale=True)
-        if disp.ndim != 2:
-            raise UserError(f"{sample.files['disp']}: expected a single-channel PFM (Pf), got 3 channels")
-        if np.isnan(disp).any():
-            raise UserError(f"{sample.files['disp']}: disparity has {int(np.isnan(disp).sum())} NaN values")
-        calib = common.read_middlebury_calib(sample.files["calib"])
-        depth = common.check_depth(disparity_to_depth(disp, scale, calib), sample.files["disp"])
-        if self.builder_config.legacy_uint8:
-            depth = legacy_uint8(depth)
-        return rgb, depth
+        return load_view(sample.files, self.builder_config.legacy_uint8)
+
+
+def load_view(files, legacy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb, depth) of one view from its files {"rgb", "disp" (PFM), "calib"}; with `legacy` the uint8 cast.
+    Shared with the Middlebury 2014 builder (same formats)."""
+    rgb = common.read_rgb(files["rgb"])
+    disp, scale = common.read_pfm(files["disp"], return_scale=True)
+    if disp.ndim != 2:
+        raise UserError(f"{files['disp']}: expected a single-channel PFM (Pf), got 3 channels")
+    if np.isnan(disp).any():
+        raise UserError(f"{files['disp']}: disparity has {int(np.isnan(disp).sum())} NaN values")
+    calib = common.read_middlebury_calib(files["calib"])
+    depth = common.check_depth(disparity_to_depth(disp, scale, calib), files["disp"])
+    return rgb, legacy_uint8(depth) if legacy else depth
