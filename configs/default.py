@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Training mixture: ((name, config, weight), ...) drawn in proportion to the weights (the paper's
         # eight sets: configs/paper.py); () = train on `name`. The held-out split is always `name`'s.
         mixture=(),
+        eval_name="", eval_config="",  # the held-out dataset (its `eval_split`); "" = `name` (and `config`)
         train_split="train", eval_split="test", image_size=2048, batch_size=2,
         num_threads=2, prefetch_buffer_size=8,
         # `simulate_prediction` settings: low/high resolutions (0 = S/4 and S), training resolution (0 = low),

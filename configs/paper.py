@@ -6,8 +6,8 @@ Data: the paper mixes 20,000 natural-scene images (Holopix50K, iBims-1, WSVD, VD
 half; the shares inside a half are not published, ours are equal per dataset (an assumption). Holopix50K, WSVD
 and VDW (stereo / video without depth GT) have no builder yet: they are left out, and iBims-1 carries the
 natural half alone (docs/datasets.md). Every set of the mixture must be built under `data.data_dir`
-(`sddr-jax datasets build NAME --manual_dir ...`); the held-out split is `data.name`'s. An epoch of 40,000
-images at batch 2 is 20,000 steps.
+(`sddr-jax datasets build NAME --manual_dir ...`), and so must the held-out set, Middlebury 2021
+(`data.eval_name`; the paper's main benchmark). An epoch of 40,000 images at batch 2 is 20,000 steps.
 
     sddr-jax train --config configs/paper.py --workdir runs/paper --config.data.data_dir=DIR \
         --init_from mit:mit_b0.pth
@@ -49,8 +49,11 @@ def get_config(arg: str = ""):
     c.data.build_if_missing = False
     c.data.image_size = 2048
     c.data.batch_size = 2
-    c.data.eval_split = "test"
     c.data.mixture = () if "single" in args else paper_mixture()
+    # Held out: Middlebury 2021 (the paper's main benchmark, float GT; the training sets have no test split).
+    c.data.eval_name = "middlebury2021"
+    c.data.eval_config = "float"
+    c.data.eval_split = "test"
 
     c.optimizer.learning_rate = 1e-4
     c.optimizer.weight_decay = 0.01

@@ -76,14 +76,18 @@ def fake_middlebury(root: Path, legacy: bool):
 
 
 def fake_multiscopic(root: Path):
+    # GBDF's utils/multiscopic.py: multiscopic/test_b/<scene>/view<k>.png, disp<k>.png read as
+    # cv2.imread(...)[:, :, 0]; view 1's disparity is a colour PNG whose channel 0 (B) holds the disparity.
     out = {}
+    scene = root / "test_b" / "000001"
     for k in range(2):
         rgb, disp = _rgb(20 + k), RNG.integers(0, 200, (H, W), dtype=np.uint8)
         disp[1, 1] = 0
-        _write_rgb(root / "test" / "00001" / f"view{k}.png", rgb)
-        _write_map(root / "test" / "00001" / f"disp{k}.png", disp)
+        _write_rgb(scene / f"view{k}.png", rgb)
+        stored = disp if k == 0 else np.dstack([disp, RNG.integers(0, 256, (H, W, 2), dtype=np.uint8)])
+        _write_map(scene / f"disp{k}.png", stored)
         d = disp.astype(np.float32)
-        out[f"00001_view{k}"] = (rgb, np.where(disp != 0, d.max() - d, 0).astype(np.float32))
+        out[f"000001_view{k}"] = (rgb, np.where(disp != 0, d.max() - d, 0).astype(np.float32))
     return out
 
 
@@ -111,8 +115,9 @@ def fake_hypersim(root: Path):
 
 def fake_diml(root: Path):
     rgb, mm = _rgb(30), RNG.integers(0, 20000, (H, W), dtype=np.uint16)
-    _write_rgb(root / "test" / "HR" / "16. Billiard" / "color" / "in_01_160225_155012_c.png", rgb)
-    _write_map(root / "test" / "HR" / "16. Billiard" / "depth_filled" / "in_01_160225_155012_depth_filled.png", mm)
+    scene = root / "indoor" / "test" / "HR" / "16. Billiard"  # ZoeDepth's root: diml/indoor/test/{HR,LR}
+    _write_rgb(scene / "color" / "in_01_160225_155012_c.png", rgb)
+    _write_map(scene / "depth_filled" / "in_01_160225_155012_depth_filled.png", mm)
     return {"in_01_160225_155012": (rgb, mm.astype(np.float32) / 1000.0)}
 
 
@@ -148,7 +153,9 @@ def fake_tartanair(root: Path):
     out = {}
     for side in ("left", "right"):
         rgb, depth = _rgb(60 if side == "left" else 61), RNG.uniform(0.5, 100, (H, W)).astype(np.float32)
-        seq = root / "abandonedfactory" / "Easy" / "P001"
+        depth[0, :4] = 10000.0  # sky: a large finite depth (data_type.md), kept as valid
+        # The zips unpack to <env>/<env>/<level>/P<NNN>; the README's tree has <env>/<level>/P<NNN>: one each.
+        seq = root / "abandonedfactory" / ("abandonedfactory" if side == "left" else "") / "Easy" / "P001"
         _write_rgb(seq / f"image_{side}" / f"000000_{side}.png", rgb)
         _save_npy(seq / f"depth_{side}" / f"000000_{side}_depth.npy", depth)
         out[f"abandonedfactory_Easy_P001_000000_{side}"] = (rgb, depth)
@@ -156,12 +163,18 @@ def fake_tartanair(root: Path):
 
 
 def fake_unrealstereo4k(root: Path):
-    rgb, disp = _rgb(70), RNG.uniform(1, 300, (H, W)).astype(np.float32)
-    disp[3, 3] = 0
-    _write_rgb(root / "00000" / "Image0" / "00007.png", rgb)
-    _save_npy(root / "00000" / "Disp0" / "00007.npy", disp)
-    with np.errstate(divide="ignore"):
-        return {"00000_00007_0": (rgb, np.where(disp > 0, 1.0 / disp, 0).astype(np.float32))}
+    # SMD-Nets filenames/train.txt: <seq>/Image{0,1}/<frame>.png, <seq>/Disp{0,1}/<frame>.npy; inf and 0 invalid.
+    out = {}
+    for view in (0, 1):
+        rgb, disp = _rgb(70 + view), RNG.uniform(1, 300, (H, W)).astype(np.float32)
+        disp[3, 3] = 0
+        disp[4, :3] = np.inf
+        _write_rgb(root / "00000" / f"Image{view}" / "00007.png", rgb)
+        _save_npy(root / "00000" / f"Disp{view}" / "00007.npy", disp)
+        with np.errstate(divide="ignore"):
+            out[f"00000_00007_{view}"] = (rgb, np.where((disp > 0) & np.isfinite(disp), 1.0 / disp, 0)
+                                          .astype(np.float32))
+    return out
 
 
 def fake_mvs_synth(root: Path):
@@ -259,7 +272,7 @@ def _build(tmp_path, name, manual, **kw):
 def test_missing_file_names_it(tmp_path):
     manual = tmp_path / "m"
     fake_tartanair(manual)
-    (manual / "abandonedfactory/Easy/P001/depth_left/000000_left_depth.npy").unlink()
+    (manual / "abandonedfactory/abandonedfactory/Easy/P001/depth_left/000000_left_depth.npy").unlink()
     with pytest.raises(UserError, match=r"000000_left_depth\.npy: file not found"):
         _build(tmp_path, "tartanair", manual)
 
@@ -294,7 +307,7 @@ def test_wrong_format_names_file(tmp_path):
 def test_corrupt_sample_skipped_only_with_flag(tmp_path, capsys):
     manual = tmp_path / "m"
     fake_multiscopic(manual)
-    (manual / "test/00001/view1.png").write_bytes(b"not a png")
+    (manual / "test_b/000001/view1.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"view1\.png: not a readable image.*--skip_corrupt"):
         _build(tmp_path, "multiscopic", manual)
     builder = data_registry.build("multiscopic", tmp_path / "data2", manual, skip_corrupt=True)
@@ -317,7 +330,7 @@ def test_several_predictors_need_a_choice(tmp_path):
     manual = tmp_path / "m"
     fake_multiscopic(manual)
     for pred in ("LeRes", "MiDaS"):
-        for name in ("00001_view0", "00001_view1"):
+        for name in ("000001_view0", "000001_view1"):
             _write_map(manual / pred / "low_384" / f"{name}.png", np.zeros((8, 8), np.uint8))
             _write_map(manual / pred / "high_1024" / f"{name}.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(UserError, match="several precomputed predictions"):

@@ -1,6 +1,15 @@
 """`diode`: the DIODE validation split (771 images, indoor + outdoor, docs/method.md §9.3).
 
-Depth = `<stem>_depth.npy` (metres) where `<stem>_depth_mask.npy` is 1, else 0 (invalid).
+Sources (github.com/diode-dataset/diode-devkit):
+- `README.md`: `val.tar.gz` (2.6 GB); RGB `*.png` (1024x768), depth `*_depth.npy` at the same resolution,
+  validity mask `*_depth_mask.npy` "where 1 denotes valid sensor return and 0 otherwise".
+- `diode.py`: paths `<data_root>/<split>/<indoors|outdoor>/scene_<x>/scan_<y>/<stem>` + `.png`, `_depth.npy`
+  (squeezed from (H, W, 1)), `_depth_mask.npy`; the split folder is `val`.
+
+Depth = `<stem>_depth.npy` where the mask is 1, else 0 (invalid).
+
+Not confirmed (warned at build time): the unit (metres: the DIODE paper, arXiv:1908.00463; the devkit text does
+not state it; `diode.py` plots 0.5..300, consistent with metres).
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ class Builder(common.DepthBuilder):
         "<stem>_depth.npy and <stem>_depth_mask.npy.")
 
     def _samples(self, manual_dir: Path):
+        common.log.warning("diode: depth unit taken as metres (DIODE paper); the devkit does not state it")
         root = common.split_dir(manual_dir, "val") or manual_dir
         samples = []
         for kind in self.builder_config.scenes:

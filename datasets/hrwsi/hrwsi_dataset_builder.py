@@ -1,8 +1,18 @@
 """`hrwsi`: HR-WSI web stereo images (training set, docs/method.md §10).
 
-GT is 8-bit disparity (`gts/<stem>.png`); we store relative depth = 255 / disparity where the disparity
-is > 0 and `valid_masks/<stem>.png` (when present) is non-zero, else 0 (invalid). The losses are
-scale-and-shift invariant, so the unknown disparity scale does not matter.
+Sources:
+- Release: github.com/KexianHust/Structure-Guided-Ranking-Loss (Xian et al., CVPR 2020); its `README.md` says
+  only "Code and data will come soon" and documents no file format, so the layout comes from loaders of the
+  download: midas_hkrm `HRWSI` (train `train/imgs` + `train/gts`, test `val/imgs` + `val/gts`; "Ground truth:
+  disparity", read as a greyscale image and mapped to [0, 1]) and a loader with `size = {'train': 20378,
+  'val': 400}` that globs `<split>/imgs/*.jpg` with `gts/<stem>.png`. GBDF trains on HR-WSI as well.
+
+We store relative depth = 255 / disparity where the disparity is > 0 and `valid_masks/<stem>.png` (when present)
+is non-zero, else 0 (invalid). The losses are scale-and-shift invariant, so the unknown disparity scale does not
+matter.
+
+Not confirmed (warned at build time): the mask folder name `valid_masks` and its convention (non-zero = valid),
+that `gts` holds disparity (larger = nearer) with 0 = unknown.
 """
 from __future__ import annotations
 
@@ -26,6 +36,8 @@ class Builder(common.DepthBuilder):
         "valid_masks/<stem>.png (optional).")
 
     def _samples(self, manual_dir: Path):
+        common.log.warning("hrwsi: layout from third-party loaders (the release documents none); assumed: gts = "
+                           "disparity with 0 = unknown, optional valid_masks/<stem>.png with non-zero = valid")
         out = {}
         for split, folder in (("train", "train"), ("validation", "val")):
             imgs = common.sorted_glob(manual_dir / folder / "imgs", "*.jpg") + common.sorted_glob(

@@ -1,13 +1,27 @@
 """`hypersim`: Hypersim frames with the GBDF protocol (docs/method.md §9.3).
 
-GT = Euclidean distance in metres from `frame.NNNN.depth_meters.hdf5` (not planar depth; NaN = no geometry
--> invalid). RGB = `frame.NNNN.color.hdf5` (linear HDR) tone-mapped as Hypersim's own script does: gamma
-1/2.2, scaled so that the 90th percentile of brightness (0.3 R + 0.59 G + 0.11 B, over pixels with a
-render entity, all pixels if `render_entity_id` is absent) maps to 0.8, clipped to [0, 1].
+Sources:
+- Layout: github.com/apple/ml-hypersim `code/python/tools/scene_generate_images_tonemap.py`:
+  `<scene>/images/scene_<cam>_final_hdf5/frame.NNNN.color.hdf5` and
+  `<scene>/images/scene_<cam>_geometry_hdf5/frame.NNNN.render_entity_id.hdf5`, each an HDF5 file with one
+  array `dataset`; `depth_meters` beside them (GBDF's `utils/hypersim.py` derives its path the same way).
+- GT: `frame.NNNN.depth_meters.hdf5` holds Euclidean distances in metres to the camera's optical centre, not
+  planar depth (ml-hypersim `README.md`, "depth_meters", as quoted by the loaders that convert it); NaN = no
+  geometry -> invalid. GBDF (github.com/YuiNsky/Gradient-based-depth-map-fusion `utils/hypersim.py`) evaluates
+  on this distance (NaN -> 0, 0 = invalid); its distance-to-depth helper `convetDep` is not called.
+- RGB: the linear HDR `color.hdf5` tone-mapped as ml-hypersim's `scene_generate_images_tonemap.py` does:
+  brightness = 0.3 R + 0.59 G + 0.11 B over pixels with `render_entity_id != -1` (all pixels when the file is
+  absent: our fallback), scale = 0.8^(2.2) / p90 (0 if p90 < 1e-4, 1 if no valid pixel), rgb = clip((scale *
+  linear)^(1/2.2), 0, 1).
+- Test list: GBDF evaluates 286 frames of `scene_cam_00` (`utils/hypersim.py`, `num = 286`), distributed as a
+  subset download in the same layout (its `README.md`); the subset's folder names need not be `ai_XXX_YYY`, so
+  every `<scene>/images/...` folder is read. Put the list in `<manual_dir>/test_list.txt` (one sample per line,
+  `ai_001_010/cam_00/0000`, the sample name `ai_001_010_cam_00_0000` or a path to a `.color.hdf5`); without
+  it every frame found is built.
 
-GBDF evaluates on a 286-image test list that is not distributed with the data: put it in
-`<manual_dir>/test_list.txt` (one sample per line, `ai_001_010/cam_00/0000` or the sample name
-`ai_001_010_cam_00_0000` or a path to a `.color.hdf5`); without it every frame found is built.
+Known difference (warned at build time): GBDF's own loader tone-maps with gamma 0.5/2.2 (not 1/2.2), divides by
+the image maximum instead of clipping and truncates to uint8; we store ml-hypersim's official tone mapping, so the
+RGB given to a predictor differs from GBDF's.
 """
 from __future__ import annotations
 
@@ -68,8 +82,10 @@ class Builder(common.DepthBuilder):
         "optional <manual_dir>/test_list.txt (GBDF's 286-frame list).")
 
     def _samples(self, manual_dir: Path):
+        common.log.warning("hypersim: RGB uses ml-hypersim's tone mapping (gamma 1/2.2, clip); GBDF's loader uses "
+                           "gamma 0.5/2.2 and max-normalisation, so its inputs differ from these")
         found = {}
-        for color in common.sorted_glob(manual_dir, "ai_*/images/scene_cam_*_final_hdf5/frame.*.color.hdf5"):
+        for color in common.sorted_glob(manual_dir, "*/images/scene_cam_*_final_hdf5/frame.*.color.hdf5"):
             scene = color.parents[2].name
             cam = color.parent.name[len("scene_cam_"):-len("_final_hdf5")]
             frame = color.name.split(".")[1]

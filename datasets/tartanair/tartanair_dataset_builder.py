@@ -1,4 +1,16 @@
-"""`tartanair`: TartanAir (training set, docs/method.md §10): left/right images with float32 depth `.npy` (metres)."""
+"""`tartanair`: TartanAir (training set, docs/method.md §10): left/right images with float depth `.npy` (metres).
+
+Sources (github.com/castacks/tartanair_tools):
+- `README.md` "Data directory structure": `ROOT/<env>/<Easy|Hard>/P<NNN>/image_left/<NNNNNN>_left.png`,
+  `depth_left/<NNNNNN>_left_depth.npy`, and the same for `right`.
+- `data_type.md` (copy read: princeton-vl/DROID-SLAM `thirdparty/tartanair_tools/data_type.md`): 640x480 RGB PNG;
+  depth in metres as an NPY array; the sky has a large finite depth (e.g. 10000), not inf.
+- The per-environment zips unpack with the environment folder twice, `<env>/<env>/<Easy|Hard>/P<NNN>/`
+  (DROID-SLAM's TartanAir test split lists `abandonedfactory/abandonedfactory/Easy/P011`); both layouts are read.
+
+Stored depth = the `.npy` as is (metres; sky keeps its large value, so it is valid, far depth). Samples
+`<env>_<Easy|Hard>_P<NNN>_<NNNNNN>_<side>`. Split `train` (every trajectory found).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +32,9 @@ class Builder(common.DepthBuilder):
     def _samples(self, manual_dir: Path):
         samples = []
         for side in ("left", "right"):
-            for img in common.sorted_glob(manual_dir, f"*/*/P*/image_{side}/*_{side}.png"):
+            imgs = common.sorted_glob(manual_dir, f"*/*/P*/image_{side}/*_{side}.png") + common.sorted_glob(
+                manual_dir, f"*/*/*/P*/image_{side}/*_{side}.png")  # <env>/[<env>/]<level>/P<NNN>
+            for img in imgs:
                 seq, level, env = img.parents[1].name, img.parents[2].name, img.parents[3].name
                 samples.append(common.Sample(f"{env}_{level}_{seq}_{img.stem}", {
                     "rgb": img, "depth": img.parents[1] / f"depth_{side}" / f"{img.stem}_depth.npy"}))

@@ -468,7 +468,8 @@ class TrainData:
     """The training stream and the held-out batches of `config.data` (built with `make_dataset`).
 
     Each process reads its own shard; batches are flat (this process's rows) and `Placement.shard` lays
-    them out. With `data.mixture` the training stream mixes several datasets (`mixture_of`). A generated
+    them out. With `data.mixture` the training stream mixes several datasets (`mixture_of`); the held-out
+    batches come from `data.eval_name` (`data.eval_config`) when set, else from `data.name`. A generated
     dataset (`sddr_synthetic`) that is not built yet is built first when `data.build_if_missing` is set
     (process 0 builds, the others wait at a barrier).
     """
@@ -479,8 +480,12 @@ class TrainData:
         self.data_dir = data_dir_of(config)
         self.builder_config = d.get("config") or None
         self.mixture = mixture_of(config)
+        # The held-out set: `data.eval_name` (with `data.eval_config`) when given, else `data.name`'s.
+        eval_name = str(d.get("eval_name") or "")
+        self.eval_dataset = ((eval_name, str(d.get("eval_config") or "") or None) if eval_name
+                             else (d.name, self.builder_config))
         # In the same order on every process (each build may end at a barrier).
-        wanted = [(d.name, self.builder_config)] + [(n, c) for n, c, _ in self.mixture]
+        wanted = [(d.name, self.builder_config), self.eval_dataset] + [(n, c) for n, c, _ in self.mixture]
         for name, builder_config in dict.fromkeys(wanted):
             self._build_if_missing(name, builder_config)
         # 0 / empty = simulate_prediction's own default (low S/4, high S, training resolution = low).
@@ -506,8 +511,10 @@ class TrainData:
         if train and self.mixture:
             source = [data_source(name, self.data_dir, split, c) for name, c, _ in self.mixture]
             weights = [w for _, _, w in self.mixture]
-        else:
+        elif train:
             source = data_source(d.name, self.data_dir, split, self.builder_config)
+        else:
+            source = data_source(self.eval_dataset[0], self.data_dir, split, self.eval_dataset[1])
         augment = AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                             for k, v in d.augment.items()}) if train else None
         return make_dataset(
