@@ -4,8 +4,8 @@ lambda_grad = 0.5, lambda_fusion = 0.1, one L_gt-only epoch then two self-distil
 Data: the paper mixes 20,000 natural-scene images (Holopix50K, iBims-1, WSVD, VDW) and 20,000 synthetic ones
 (TartanAir, IRS, UnrealStereo4K, MVS-Synth) per epoch. `data.mixture` draws half of the examples from each
 half; the shares inside a half are not published, ours are equal per dataset (an assumption). Holopix50K, WSVD
-and VDW (stereo / video without depth GT) have no builder yet: they are left out, and iBims-1 carries the
-natural half alone (docs/datasets.md). Every set of the mixture must be built under `data.data_dir`
+and VDW ship no depth GT: their builders store our treatment of them (docs/datasets.md). Every set of the
+mixture must be built under `data.data_dir`
 (`sddr-jax datasets build NAME --manual_dir ...`), and so must the held-out set, Middlebury 2021
 (`data.eval_name`; the paper's main benchmark). An epoch of 40,000 images at batch 2 is 20,000 steps.
 
@@ -23,18 +23,8 @@ from sddr_jax_configs.default import get_config as default_config
 EPOCH_STEPS = 20_000  # 40,000 images / batch 2
 NATURAL = ("holopix50k", "ibims1", "wsvd", "vdw")
 SYNTHETIC = ("tartanair", "irs", "unrealstereo4k", "mvs_synth")
-
-
-def paper_mixture() -> tuple:
-    """((name, config, weight), ...): each half of the paper's sets weighs 0.5, split equally over the sets of
-    that half that have a builder."""
-    from sddr_jax.data.registry import DATASETS
-
-    out = []
-    for half in (NATURAL, SYNTHETIC):
-        have = [name for name in half if name in DATASETS]
-        out += [(name, "", 0.5 / len(have)) for name in have]
-    return tuple(out)
+# (name, builder config, weight): each half weighs 0.5, split equally over its four sets (our assumption).
+PAPER_MIXTURE = tuple((name, "", 0.5 / len(half)) for half in (NATURAL, SYNTHETIC) for name in half)
 
 
 def get_config(arg: str = ""):
@@ -49,7 +39,7 @@ def get_config(arg: str = ""):
     c.data.build_if_missing = False
     c.data.image_size = 2048
     c.data.batch_size = 2
-    c.data.mixture = () if "single" in args else paper_mixture()
+    c.data.mixture = () if "single" in args else PAPER_MIXTURE
     # Held out: Middlebury 2021 (the paper's main benchmark, float GT; the training sets have no test split).
     c.data.eval_name = "middlebury2021"
     c.data.eval_config = "float"

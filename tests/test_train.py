@@ -201,12 +201,11 @@ def test_load_config_overrides(tmp_path):
         2048, 2, 1e-4, 0.5, 0.1)
     q = T.load_config(str(REPO / "configs/paper.py") + ":paper_loss")
     assert (q.loss.name, q.loss.lambda_grad, q.loss.lambda_fusion) == ("paper", 0.5, 0.1)
-    # The paper's mixture: half natural-scene sets (iBims-1 alone until Holopix50K, WSVD and VDW have builders),
-    # half synthetic, equal shares inside a half.
+    # The paper's mixture: half natural-scene sets, half synthetic, equal shares inside a half.
     from sddr_jax.data.pipeline import mixture_of
 
-    assert mixture_of(p) == [("ibims1", None, 0.5), ("tartanair", None, 0.125), ("irs", None, 0.125),
-                             ("unrealstereo4k", None, 0.125), ("mvs_synth", None, 0.125)]
+    assert mixture_of(p) == [(name, None, 0.125) for name in (
+        "holopix50k", "ibims1", "wsvd", "vdw", "tartanair", "irs", "unrealstereo4k", "mvs_synth")]
     assert mixture_of(T.load_config(str(REPO / "configs/paper.py") + ":single")) == []
 
 

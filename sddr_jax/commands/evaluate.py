@@ -8,6 +8,12 @@ ground-truth size with OpenCV linear (docs/method.md §9.2). With --checkpoint t
 the dataset's stored low/high maps (or, with --simulate, on the simulated predictor's maps). The stored low
 and high maps are evaluated beside it as baselines. Table: delta1, AbsRel, SqRel, RMSE, log10, delta2,
 delta3, ORD (Boost's and Eq. 13's), D3R and boundary F1; written as Markdown and JSON.
+
+Each dataset is scored by a named protocol (`--protocol`, default the dataset's own: middlebury2014, eth3d
+and booster follow PRO / PatchRefiner / Booster's official script; see sddr_jax.eval.evaluate.PROTOCOLS);
+`--report paper` prints the SDDR paper's Tables 1/2 and 7/8 layout beside the paper-reported numbers.
+The patch consistency error (sddr_jax.eval.consistency) is not part of this command: it needs the
+per-patch predictions, and evaluate only sees the final maps.
 """
 from __future__ import annotations
 
@@ -33,10 +39,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--simulate", action="store_true",
                         help="with --checkpoint: make low/high with the simulated predictor when none are stored")
     parser.add_argument("--no-baselines", action="store_true", help="do not evaluate the stored low/high maps")
-    parser.add_argument("--align", choices=("lsq", "median", "none"), default="lsq",
-                        help="alignment of each prediction to the GT (default: least-squares scale and shift)")
-    parser.add_argument("--space", choices=("depth", "disparity"), default="depth",
-                        help="space of the alignment (default depth, as the official script)")
+    parser.add_argument("--protocol", choices=("sddr", "middlebury2021", "middlebury2014", "eth3d", "booster"),
+                        default=None, help="named evaluation protocol (default: the dataset's own, else sddr; "
+                        "see sddr_jax.eval.evaluate.PROTOCOLS)")
+    parser.add_argument("--align", choices=("lsq", "median", "none"), default=None,
+                        help="alignment of each prediction to the GT (default: the protocol's; sddr: "
+                             "least-squares scale and shift)")
+    parser.add_argument("--space", choices=("depth", "disparity"), default=None,
+                        help="space of the alignment (default: the protocol's; sddr: depth, as the official script)")
+    parser.add_argument("--report", choices=("table", "paper"), default="table",
+                        help="'paper': rows in the layout of the SDDR paper's Tables 1/2 and 7/8 beside the "
+                             "paper-reported numbers (middlebury2021, multiscopic, hypersim)")
+    parser.add_argument("--paper-predictor", choices=("midas", "leres", "zoedepth"), default=None,
+                        help="with --report paper: the base predictor's paper rows to show (default: all)")
+    parser.add_argument("--paper-stage", choices=("one", "two"), default="one",
+                        help="with --report paper: one-stage (Tables 1/7, default) or two-stage (Tables 2/8)")
     parser.add_argument("--pred-space", choices=("depth", "disparity"), default="depth",
                         help="what the predictions are, for D3R/ORD (Boost treats them as disparity)")
     parser.add_argument("--gt", choices=("legacy_uint8", "float"), default=None,
@@ -55,6 +72,10 @@ def evaluate(args) -> dict[str, Any]:
     from sddr_jax.data.pipeline import data_source, decode_record
     from sddr_jax.eval import evaluate as E
 
+    import dataclasses
+
+    protocol = E.protocol_for(args.dataset, getattr(args, "protocol", None))
+    protocol = dataclasses.replace(protocol, align=args.align or protocol.align, space=args.space or protocol.space)
     legacy = (args.gt or ("legacy_uint8" if args.dataset in E.LEGACY_UINT8_DATASETS else "float")) == "legacy_uint8"
     if args.limit < 0:
         raise UserError(f"--limit: expected a count >= 0, got {args.limit}")
@@ -78,14 +99,15 @@ def evaluate(args) -> dict[str, Any]:
         source, decode=decode_record, predictions=args.predictions or None, refine=refine_fn, simulate=args.simulate,
         baselines=not args.no_baselines, legacy_uint8=legacy, edge_metrics=not args.no_edge_metrics,
         limit=args.limit, skip_missing=args.skip_missing,
-        superpixel_scale=E.SUPERPIXEL_SCALE.get(args.dataset, 1.0), align=args.align, space=args.space,
-        pred_space=args.pred_space, dataset=args.dataset,
+        pred_space=args.pred_space, dataset=args.dataset, protocol=protocol,
         progress=lambda i, n, name: print(f"\r[{i}/{n}] {name}", end="", flush=True))
     print()
     missing = result["missing"]
     result["settings"] = dict(
         dataset=args.dataset, config=args.config, split=args.split, images=len(result["per_image"]),
-        skipped_missing=len(missing), align=args.align, space=args.space, pred_space=args.pred_space,
+        skipped_missing=len(missing), protocol=protocol.name, align=protocol.align, space=protocol.space,
+        depth_range=[protocol.min_depth, protocol.max_depth], clip_pred=protocol.clip_pred,
+        eval_scale=protocol.eval_scale, aggregate=protocol.aggregate, pred_space=args.pred_space,
         gt="legacy_uint8" if legacy else "float",
         source=str(args.predictions) if args.predictions else f"checkpoint {args.checkpoint} at S={args.size}")
     if missing:
@@ -99,7 +121,7 @@ def evaluate(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    from sddr_jax.eval.evaluate import json_safe, metrics_table
+    from sddr_jax.eval.evaluate import PAPER_DATASETS, json_safe, metrics_table, paper_report
     from sddr_jax.io import write_text_atomic
 
     t0 = time.perf_counter()
@@ -111,14 +133,24 @@ def run(args) -> int:
                 raise FileExistsError(f"{target}: already exists (use --overwrite to replace it)")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--output {out}: the folder {out.parent} does not exist")
+    report = getattr(args, "report", "table")
+    if report == "paper" and args.dataset not in PAPER_DATASETS:
+        raise UserError(f"--report paper: the SDDR paper reports {', '.join(PAPER_DATASETS)}; got "
+                        f"{args.dataset!r}")
     result = evaluate(args)
     s = result["settings"]
     columns = {"prediction": "prediction", "refined": "refined", "low": "low input", "high": "high input"}
     bad = "".join(f" {n} image(s) could not be scored for {k} and are left out of its means." for k, n in
                   s.get("unscored", {}).items())
-    caption = (f"{s['dataset']} ({s['split']}, {s['images']} images), {s['source']}; alignment {s['align']} in "
-               f"{s['space']} space, GT {s['gt']}.{bad} Best in bold.")
-    table = metrics_table(result["summary"], columns, caption=caption)
+    rng = "" if s["depth_range"] == [None, None] else f", GT range {s['depth_range']}"
+    caption = (f"{s['dataset']} ({s['split']}, {s['images']} images), {s['source']}; protocol {s['protocol']}: "
+               f"alignment {s['align']} in {s['space']} space{rng}, GT {s['gt']}.{bad} Best in bold.")
+    if report == "paper":
+        table = paper_report(s["dataset"], result["summary"], gt=s["gt"], stage=args.paper_stage,
+                             predictor=args.paper_predictor, images=s["images"], source=s["source"],
+                             protocol=s["protocol"]) + bad
+    else:
+        table = metrics_table(result["summary"], columns, caption=caption)
     print(table)
     if args.output:
         out = pathlib.Path(args.output)

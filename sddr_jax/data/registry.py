@@ -28,6 +28,9 @@ DATASETS: dict[str, tuple[str, str]] = {
     "mvs_synth": ("train", "MVS-Synth (EXR depth)"),
     "irs": ("train", "IRS indoor stereo (EXR disparity -> metric depth)"),
     "ibims1": ("train", "iBims-1 laser-scanned indoor depth (.mat or 16-bit PNG + masks)"),
+    "holopix50k": ("train", "Holopix50k stereo pairs, depth = 1/disparity from StereoSGBM + left-right check"),
+    "wsvd": ("train", "WSVD side-by-side web stereo videos, depth = 1/disparity from StereoSGBM (sampled frames)"),
+    "vdw": ("train", "VDW stereo-video frames, 1/(uint16 GMFlow disparity) on the valid mask (sampled frames)"),
 }
 
 
