@@ -263,6 +263,16 @@ def test_hypersim_test_list_selects_frames(built):
     assert list(records) == ["ai_001_010_cam_00_0007"]
 
 
+def test_hypersim_test_list_line_forms():
+    from sddr_jax_datasets.hypersim.hypersim_dataset_builder import parse_frame
+
+    for line in ("ai_001_010/cam_00/0007", "ai_001_010_cam_00_0007", " ai_001_010/cam_0/7 ",
+                 "/data/hypersim/ai_001_010/images/scene_cam_00_final_hdf5/frame.0007.color.hdf5",
+                 "C:\\hypersim\\ai_001_010\\images\\scene_cam_00_final_hdf5\\frame.0007.color.hdf5"):
+        assert parse_frame(line) == "ai_001_010_cam_00_0007", line
+    assert parse_frame("frame.0007.color.hdf5") is None and parse_frame("xai_001_010/cam_00/0007") is None
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 def _build(tmp_path, name, manual, **kw):

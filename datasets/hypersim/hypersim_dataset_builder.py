@@ -37,7 +37,16 @@ from sddr_jax_datasets import common
 TONEMAP_GAMMA = 1.0 / 2.2
 TONEMAP_PERCENTILE = 90
 TONEMAP_TARGET = 0.8
-_FRAME = re.compile(r"^(ai_\d+_\d+)[/_](?:scene_)?cam_(\d+)(?:_final_hdf5)?[/_](?:frame\.)?(\d+)")
+# A frame of the test list: at the start of the line or after a "/" (a path such as
+# /data/ai_001_010/images/scene_cam_00_final_hdf5/frame.0000.color.hdf5).
+_FRAME = re.compile(r"(?:^|/)(ai_\d+_\d+)[/_](?:scene_)?cam_(\d+)(?:_final_hdf5)?[/_](?:frame\.)?(\d+)")
+
+
+def parse_frame(line: str) -> str | None:
+    """The sample name `ai_XXX_YYY_cam_CC_NNNN` of a test-list line (`ai_001_010/cam_00/0000`, the sample name
+    itself, or a path ending in `frame.NNNN.color.hdf5`), or None."""
+    m = _FRAME.search(line.strip().replace("\\", "/").replace("/images/", "/"))
+    return _name(*m.groups()) if m else None
 
 
 def tonemap(rgb_linear: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -101,10 +110,9 @@ class Builder(common.DepthBuilder):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            m = _FRAME.match(line.replace("/images/", "/").replace("\\", "/"))
-            if not m:
+            name = parse_frame(line)
+            if name is None:
                 raise UserError(f"{test_list}:{i + 1}: cannot parse {line!r} (expected ai_001_010/cam_00/0000)")
-            name = _name(*m.groups())
             if name not in found:
                 raise UserError(f"{test_list}:{i + 1}: frame {name} is listed but its color.hdf5 was not found "
                                 f"under {manual_dir}")
