@@ -48,3 +48,12 @@ def official_state():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first. xdist's `--dist loadfile` hands out whole files in collection order, and the
+    suite's wall time is its busiest worker's: the long files started last used to run alone at the end (a
+    clean clone: 641 s of pytest, the last minutes on two files). The sort is stable: order within each group
+    is kept."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
