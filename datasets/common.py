@@ -203,11 +203,12 @@ def check_depth(depth: np.ndarray, path, *, allow_nan: bool = False, allow_inf: 
     return d
 
 
-def inverse(disparity: np.ndarray) -> np.ndarray:
-    """Relative depth 1/disparity where disparity > 0 (finite), else 0 (invalid)."""
+def inverse(disparity: np.ndarray, numerator: float = 1.0) -> np.ndarray:
+    """numerator / disparity where disparity > 0 (finite), else 0 (invalid): relative depth with the default 1,
+    metric depth with numerator = f_x * baseline."""
     disp = np.asarray(disparity, np.float32)
     ok = np.isfinite(disp) & (disp > 0)
-    return np.where(ok, 1.0 / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
+    return np.where(ok, np.float32(numerator) / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
 
 
 _PRED_DIR = re.compile(r"^(low|high)_(\d+)$")

@@ -69,9 +69,7 @@ def read_calib(path) -> tuple[float, float]:
 
 def disparity_to_depth(disp: np.ndarray, fx: float, baseline_m: float) -> np.ndarray:
     """Depth (m) = f_x * B / d where d > 0 (finite), else 0 (invalid)."""
-    d = np.asarray(disp, np.float32)
-    ok = np.isfinite(d) & (d > 0)
-    return np.where(ok, np.float32(fx * baseline_m) / np.where(ok, d, 1.0), 0.0).astype(np.float32)
+    return common.inverse(disp, fx * baseline_m)
 
 
 class Builder(common.DepthBuilder):

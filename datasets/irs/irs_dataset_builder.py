@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from sddr_jax.errors import UserError
 from sddr_jax_datasets import common
 
@@ -110,6 +108,4 @@ class Builder(common.DepthBuilder):
             if "no channel 'G'" not in str(e):
                 raise
             disp = common.read_exr(path)  # another single channel; R, G, B files are rejected there
-        ok = np.isfinite(disp) & (disp > 0)
-        depth = np.where(ok, np.float32(FOCAL_PX * BASELINE_M) / np.where(ok, disp, 1.0), 0.0)
-        return rgb, common.check_depth(depth.astype(np.float32), path)
+        return rgb, common.check_depth(common.inverse(disp, FOCAL_PX * BASELINE_M), path)
