@@ -163,3 +163,15 @@ def test_paper_report_other_datasets_stages_and_gt():
     assert mid2["paper-reported: ZoeDepth + SDDR"][3] == "0.125"  # D3R, Table 8
     with pytest.raises(UserError, match="reports"):
         E.paper_report("eth3d", SUMMARY, gt="float")
+
+
+def test_cli_offers_every_protocol():
+    """`--protocol`'s choices are written out (the parser does not import the metrics); they stay PROTOCOLS'."""
+    import argparse
+
+    from sddr_jax.commands import evaluate as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "protocol")
+    assert tuple(action.choices) == tuple(E.PROTOCOLS)

@@ -7,7 +7,7 @@ as Markdown with the best value of each row in bold.
 
 Named protocols (`PROTOCOLS`, `protocol_for`) fix, per dataset, the alignment, the GT depth range, the clipping
 of the aligned prediction, the evaluation resolution and the dataset mean; `paper_report` lays a summary out
-as the SDDR paper's Tables 1/2 and 7/8 beside the paper-reported numbers (docs/method.md §9, spec §11).
+as the SDDR paper's Tables 1/2 and 7/8 beside the paper-reported numbers (docs/method.md §9, §11).
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ PRED_EXTS = (".png", ".npy", ".pfm", ".tif", ".tiff")
 # Middlebury2021's official script casts GT depth to uint8 (docs/method.md §9.2); every other dataset uses
 # float GT.
 LEGACY_UINT8_DATASETS = ("middlebury2021",)
-# Superpixels for D3R/ORD on the GT resized by 0.2 for Middlebury, 1.0 elsewhere (docs/method.md §9.4).
-SUPERPIXEL_SCALE = {"middlebury2021": 0.2}
 
 # Rows of the metric tables: (key, label, which is better).
 METRIC_ROWS = (
@@ -385,7 +383,7 @@ def _paper(keys, values):
     return dict(zip(keys, values))
 
 
-# Paper-reported numbers (docs/method.md §9; spec §11.1, §11.2, §11.4): {(dataset, stage, predictor, row)}.
+# Paper-reported numbers (docs/method.md §11; the paper's Tables 1, 2, 7, 8): {(dataset, stage, predictor, row)}.
 # Middlebury2021 rows carry the full Table 7/8 metrics; Multiscopic and Hypersim only Table 1/2's three.
 # The base predictor's row is the same in both stages (Tables 1 and 7).
 PAPER_NUMBERS: dict[tuple[str, str, str, str], dict[str, float]] = {}
