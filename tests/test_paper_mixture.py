@@ -24,10 +24,9 @@ from test_datasets_newer import fake_eth3d, fake_middlebury2014
 from test_datasets_training import fake_ibims_mat, fake_irs
 
 from sddr_jax.data import registry
+from sddr_jax_configs.paper import PAPER_MIXTURE
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "configs"))
-from paper import PAPER_MIXTURE  # noqa: E402
 
 # name -> (fake writer, builder kwargs): every training set of the paper's mixture.
 FAKES = {
@@ -42,13 +41,6 @@ def _cmd(workdir, data_dir):
             "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", "--config.data.image_size=128",
             "--config.model.cross_iterations=1", "--config.train.checkpoint_every=2",
             "--config.train.progress_bar=False", "--config.train.tensorboard=False"]
-
-
-def _params(workdir):
-    from sddr_jax.checkpoints import load_training_checkpoint
-
-    params, _, step = load_training_checkpoint(workdir)
-    return params, step
 
 
 @pytest.mark.slow
@@ -105,7 +97,9 @@ def test_paper_recipe_trains_on_the_mixture_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log_b = [json.loads(line) for line in (b / "train.jsonl").read_text().splitlines()]
     assert [rec["loss"] for rec in log_b] == [rec["loss"] for rec in log]
-    (pa, sa), (pb, sb) = _params(a), _params(b)
+    from sddr_jax.checkpoints import load_training_checkpoint
+
+    (pa, _, sa), (pb, _, sb) = load_training_checkpoint(a), load_training_checkpoint(b)
     assert sa == sb == 4
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(x, y)
