@@ -14,7 +14,8 @@ Everything not set here keeps the §10 value of `configs/default.py`.
 Arguments (comma-separated): `acceptance`, `tiny`, `gt_only` (no self-distillation phase), `paper_loss`
 (the paper's loss instead of the official one), `shard_map` (jit + shard_map instead of pmap), `edge_poor`
 (half of the training examples get edge-poor GT, 1/4 resolution, like the paper's natural-scene sets;
-docs/method.md §10; the held-out split keeps the sharp GT).
+docs/method.md §10; the held-out split keeps the sharp GT), `pretrain` (2,000 L_gt-only steps on the `s256`
+build, 1,000 training scenes; docs/results.md "A long L_gt phase").
 """
 from sddr_jax.losses import default_loss_config
 from sddr_jax_configs.default import get_config as default_config
@@ -22,7 +23,7 @@ from sddr_jax_configs.default import get_config as default_config
 
 def get_config(arg: str = ""):
     args = {a.strip() for a in arg.split(",") if a.strip()}
-    known = {"acceptance", "tiny", "gt_only", "paper_loss", "shard_map", "edge_poor"}
+    known = {"acceptance", "tiny", "gt_only", "paper_loss", "shard_map", "edge_poor", "pretrain"}
     unknown = args - known
     if unknown:
         raise ValueError(f"configs/synthetic.py: unknown argument(s) {sorted(unknown)}; "
@@ -68,6 +69,16 @@ def get_config(arg: str = ""):
         c.train.label_refresh_steps = 100
         c.train.eval_every = 200
         c.train.checkpoint_every = 100
+    if "pretrain" in args:
+        # A longer L_gt-only training on more scenes: the `s256` build (1,000 training scenes; its test split is
+        # tiny's 32 scenes, so held-out numbers compare with every run above). The paper's first epoch is
+        # 20,000 iterations of L_gt before any pseudo-label; 96 scenes over-fit long before that.
+        c.data.config = "s256"
+        c.train.num_steps = 2000
+        c.train.gt_only_steps = c.train.num_steps
+        c.train.eval_every = 500
+        c.train.checkpoint_every = 500
+        c.train.keep_checkpoints = 4
     if "tiny" in args:
         c.data.image_size = 128
         c.data.predictor = dict(low_res=32, high_res=64, train_res=0, texture=0.1)

@@ -192,6 +192,23 @@ def test_orbax_checkpoint_of_the_iterator(simulated, tmp_path):
     _assert_same([next(fresh) for _ in range(2)], expected)
 
 
+def test_test_split_does_not_depend_on_the_training_count(tmp_path):
+    """`s256` (1,000 training scenes) is scored on tiny's 32 test scenes: the test split is fixed by size and
+    count alone, so runs on either build compare on the same held-out images."""
+    cfgs = {c.name: c for c in synth.Builder.BUILDER_CONFIGS}
+    assert (cfgs["s256"].size, cfgs["s256"].num_test) == (cfgs["tiny"].size, cfgs["tiny"].num_test)
+    assert cfgs["s256"].num_train > cfgs["tiny"].num_train
+    splits = []
+    for name, num_train in (("few", 2), ("more", 5)):
+        b = synth.Builder(data_dir=str(tmp_path / name), num_workers=1,
+                          config=synth.SyntheticConfig(name=name, size=32, num_train=num_train, num_test=3))
+        b.download_and_prepare()
+        test = b.as_data_source(split="test")
+        splits.append(sorted((r["name"], r["depth"].tobytes(), r["rgb"]) for r in (test[i] for i in range(len(test)))))
+        assert len(b.as_data_source(split="train")) == num_train
+    assert splits[0] == splits[1]
+
+
 def test_edge_poor_depth_closed_form():
     # A step at column 8 of a 16-wide map, factor 4: the area average is exactly [1, 1, 3, 3] per row, and
     # OpenCV's bilinear upsampling (half-pixel centres, src = (x + 0.5) / 4 - 0.5, clamped) gives a ramp.

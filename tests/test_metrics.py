@@ -196,6 +196,20 @@ def test_boost_metrics_identity_and_reversal():
     assert all(i in nb[j] for i in range(len(nb)) for j in nb[i])  # symmetric 4-adjacency
 
 
+def test_d3r_outcomes_closed_form():
+    yy, xx = np.mgrid[0:48, 0:48]
+    gt = 2.0 + (xx // 12) + 0.5 * (yy // 16)
+    kw = dict(pred_space="depth", n_segments=200)
+    same = metrics.d3r_outcomes(gt, gt, **kw)
+    assert same["pairs"] > 10 and (same["agree"], same["flat"], same["reversed"]) == (same["pairs"], 0, 0)
+    assert 3.0 < same["distance_sum"] / same["pairs"] < 12.0  # 200 segments of ~11 px²: neighbours ~3-12 px apart
+    flat = metrics.d3r_outcomes(np.full_like(gt, 3.0), gt, **kw)  # a constant map orders nothing: all flat
+    assert flat["flat"] == flat["pairs"] == same["pairs"]
+    rev = metrics.d3r_outcomes(100.0 - gt, gt, **kw)  # depth mirrored: every order reversed
+    assert rev["reversed"] == rev["pairs"] == same["pairs"]
+    assert metrics.d3r(100.0 - gt, gt, **kw) == pytest.approx(2.0)
+
+
 def test_ord_ranking_fixed_seed_and_invariance():
     rng = np.random.RandomState(4)
     yy, xx = np.mgrid[0:32, 0:32]

@@ -41,6 +41,8 @@ class Builder(common.DepthBuilder):
     BUILDER_CONFIGS = [
         SyntheticConfig(name="tiny", description="96 train + 32 test scenes at 256x256 (tests, demo)",
                         size=256, num_train=96, num_test=32),
+        SyntheticConfig(name="s256", description="1,000 train + 32 test scenes at 256x256 (the test split is "
+                        "tiny's: the same seeds at the same size)", size=256, num_train=1000, num_test=32),
         SyntheticConfig(name="s512", description="1,000 train + 100 test scenes at 512x512",
                         size=512, num_train=1000, num_test=100),
         SyntheticConfig(name="s1024", description="1,000 train + 100 test scenes at 1024x1024",

@@ -13,7 +13,7 @@ from sddr_jax.errors import UserError
 
 # name -> (kind, one-line description); kind is "generated", "eval" or "train".
 DATASETS: dict[str, tuple[str, str]] = {
-    "sddr_synthetic": ("generated", "procedural RGB-D scenes (no download; configs tiny, s512, s1024, s2048)"),
+    "sddr_synthetic": ("generated", "procedural RGB-D scenes (no download; configs tiny, s256, s512, s1024, s2048)"),
     "middlebury2021": ("eval", "Middlebury 2021, PFM disparity + calib.txt (configs float, legacy_uint8)"),
     "middlebury2014": ("eval", "Middlebury 2014 -perfect scenes, PFM + calib (configs float, legacy_uint8)"),
     "eth3d": ("eval", "ETH3D high-res multi-view training scenes, raw float32 laser-scan depth"),

@@ -16,7 +16,7 @@ Empty valid masks give NaN metrics, which `aggregate` skips.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import jax
@@ -348,28 +348,55 @@ def superpixel_pairs(gt_disp_small: np.ndarray, n_segments: int = 5000, compactn
     return centres - 1, neighbours, random_rel
 
 
+def _counted_pairs(gv: np.ndarray, point_pairs, freq_ratio: float) -> Iterator[tuple[int, int]]:
+    """The (i, j) pairs Boost's `D3R` loop counts: each unordered pair once (i removed from j's list), both GT
+    values nonzero and ord(gt, 1 + freq_ratio) != 0."""
+    pp = [list(p) for p in point_pairs]
+    for i in range(len(pp)):
+        for j in list(pp[i]):
+            pp[j] = [k for k in pp[j] if k != i]
+            if gv[i] != 0 and gv[j] != 0 and _ord(gv[i], gv[j], 1.0 + freq_ratio) != 0:
+                yield i, j
+
+
 def d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pairs, freq_ratio: float,
                  ratio: float) -> tuple[int, int]:
     """Boost's `D3R` loop: (error, confidence); each pair visited once (i removed from j's list)."""
     gt = np.nan_to_num(gt, nan=0.0)
-    pp = [list(p) for p in point_pairs]
     gv = gt[centres[:, 0], centres[:, 1]]
     ev = est[centres[:, 0], centres[:, 1]]
     error = confidence = 0
-    for i in range(len(centres)):
-        neighbours = list(pp[i])
-        for j in neighbours:
-            pp[j] = [k for k in pp[j] if k != i]
-            if gv[i] != 0 and gv[j] != 0 and _ord(gv[i], gv[j], 1.0 + freq_ratio) != 0:
-                error += abs(_ord(gv[i], gv[j], 1.0 + ratio) - _ord(ev[i], ev[j], 1.0 + ratio))
-                confidence += 1
+    for i, j in _counted_pairs(gv, point_pairs, freq_ratio):
+        error += abs(_ord(gv[i], gv[j], 1.0 + ratio) - _ord(ev[i], ev[j], 1.0 + ratio))
+        confidence += 1
     return error, confidence
 
 
-def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "disparity",
-                       superpixel_scale: float = 1.0, n_segments: int = 5000, compactness: float = 0.1,
-                       seed: int = 0, slic_zero: bool = True) -> dict[str, float]:
-    """D3R and ORD_boost of one image with Boost's protocol (host numpy + skimage SLIC; docs/method.md §9.4).
+def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
+    """How the D3R pairs of one image come out (a diagnostic; keyword arguments as `boost_edge_metrics`):
+    {"pairs", "agree", "flat" (the prediction's two values within 1 %: error 1), "reversed" (the opposite
+    order: error 2)}, so D3R = (flat + 2 * reversed) / pairs, and "distance_sum", the summed distance in
+    pixels between the two centres of each pair. (Every counted pair differs by > 10 % in the GT, so the GT's
+    own order at 1 % is never 0.)"""
+    pts = boost_points(pred, gt, **kwargs)
+    gt_depth, est, centres = np.nan_to_num(pts["gt_depth"], nan=0.0), pts["est"], pts["centres"]
+    gv, ev = gt_depth[centres[:, 0], centres[:, 1]], est[centres[:, 0], centres[:, 1]]
+    out = {"pairs": 0, "agree": 0, "flat": 0, "reversed": 0, "distance_sum": 0.0}
+    for i, j in _counted_pairs(gv, pts["neighbours"], 0.1):
+        og, oe = _ord(gv[i], gv[j], 1.01), _ord(ev[i], ev[j], 1.01)
+        out["pairs"] += 1
+        out["distance_sum"] += float(np.hypot(*(centres[i] - centres[j])))
+        out["agree" if og == oe else "flat" if oe == 0 else "reversed"] += 1
+    return out
+
+
+def boost_points(pred, gt, gt_space: str = "depth", pred_space: str = "disparity",
+                 superpixel_scale: float = 1.0, n_segments: int = 5000, compactness: float = 0.1,
+                 seed: int = 0, slic_zero: bool = True) -> dict[str, Any]:
+    """What Boost's edge metrics compare, for one image (host numpy + skimage SLIC; docs/method.md §9.4):
+    {"gt_depth", "est"} (both rescaled to [0, 1]), "centres" (n, 2) rows/cols at full resolution,
+    "neighbours" and "random" (per-segment lists). `boost_edge_metrics` scores them; `d3r_pairs` lists the
+    D3R pairs one by one.
 
     GT: zeros/NaN invalid. With `gt_space="depth"` (Boost's depth branch): disp = 1/depth, divided by its max;
     with "disparity": the map itself. min_disp = its smallest valid value; GT disparity and GT depth (1/disp)
@@ -378,9 +405,6 @@ def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "dis
     `pred_space="depth"` (ours, for depth predictors such as LeReS): rescaled to [0, 1] directly.
     Superpixels: `superpixel_pairs` on the GT disparity resized by `superpixel_scale` (nearest; 0.2 for
     Middlebury, 1.0 elsewhere); centres scaled back as MATLAB does (1-based row / scale).
-    D3R: neighbour pairs with both GT nonzero and ord(gt, 1.1) != 0, mean |ord(gt, 1.01) - ord(pred, 1.01)|.
-    ORD_boost: random pairs, freq ratio 0 (any GT difference counts), ratio 1.03 for both.
-    A value with no counted pair is NaN. Returns {"d3r", "ord_boost", "d3r_pairs", "ord_pairs"}.
     """
     if gt_space not in SPACES or pred_space not in SPACES:
         raise UserError(f"gt_space / pred_space: expected one of {SPACES}, got {gt_space!r} / {pred_space!r}")
@@ -416,6 +440,19 @@ def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "dis
     c1 = centres + 1  # MATLAB 1-based, scaled back, then 0-based
     centres = np.stack([np.clip(np.round(c1[:, 0] / s).astype(np.int64) - 1, 0, h - 1),
                         np.clip(np.round(c1[:, 1] / s).astype(np.int64) - 1, 0, w - 1)], -1)
+    return {"gt_depth": gt_depth, "est": est, "centres": centres, "neighbours": neighbours, "random": random_rel}
+
+
+def boost_edge_metrics(pred, gt, **kwargs) -> dict[str, float]:
+    """D3R and ORD_boost of one image with Boost's protocol (keyword arguments and preparation: `boost_points`).
+
+    D3R: neighbour pairs with both GT nonzero and ord(gt, 1.1) != 0, mean |ord(gt, 1.01) - ord(pred, 1.01)|.
+    ORD_boost: random pairs, freq ratio 0 (any GT difference counts), ratio 1.03 for both.
+    A value with no counted pair is NaN. Returns {"d3r", "ord_boost", "d3r_pairs", "ord_pairs"}.
+    """
+    pts = boost_points(pred, gt, **kwargs)
+    gt_depth, est, centres = pts["gt_depth"], pts["est"], pts["centres"]
+    neighbours, random_rel = pts["neighbours"], pts["random"]
     e1, n1 = d3r_routine(gt_depth, est, centres, neighbours, 0.1, 0.01)
     e2, n2 = d3r_routine(gt_depth, est, centres, random_rel, 0.0, 0.03)
     return {"d3r": e1 / n1 if n1 else float("nan"), "ord_boost": e2 / n2 if n2 else float("nan"),
