@@ -373,7 +373,7 @@ def d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pair
 
 
 def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
-    """How the D3R pairs of one image come out (a diagnostic; keyword arguments as `boost_edge_metrics`):
+    """How the D3R pairs of one image come out (a diagnostic; keyword arguments as `boost_points`):
     {"pairs", "agree", "flat" (the prediction's two values within 1 %: error 1), "reversed" (the opposite
     order: error 2)}, so D3R = (flat + 2 * reversed) / pairs, and "distance_sum", the summed distance in
     pixels between the two centres of each pair. (Every counted pair differs by > 10 % in the GT, so the GT's
@@ -395,8 +395,8 @@ def boost_points(pred, gt, gt_space: str = "depth", pred_space: str = "disparity
                  seed: int = 0, slic_zero: bool = True) -> dict[str, Any]:
     """What Boost's edge metrics compare, for one image (host numpy + skimage SLIC; docs/method.md §9.4):
     {"gt_depth", "est"} (both rescaled to [0, 1]), "centres" (n, 2) rows/cols at full resolution,
-    "neighbours" and "random" (per-segment lists). `boost_edge_metrics` scores them; `d3r_pairs` lists the
-    D3R pairs one by one.
+    "neighbours" and "random" (per-segment lists). `boost_edge_metrics` scores them; `d3r_outcomes` sorts
+    the D3R pairs by outcome.
 
     GT: zeros/NaN invalid. With `gt_space="depth"` (Boost's depth branch): disp = 1/depth, divided by its max;
     with "disparity": the map itself. min_disp = its smallest valid value; GT disparity and GT depth (1/disp)
@@ -443,14 +443,17 @@ def boost_points(pred, gt, gt_space: str = "depth", pred_space: str = "disparity
     return {"gt_depth": gt_depth, "est": est, "centres": centres, "neighbours": neighbours, "random": random_rel}
 
 
-def boost_edge_metrics(pred, gt, **kwargs) -> dict[str, float]:
-    """D3R and ORD_boost of one image with Boost's protocol (keyword arguments and preparation: `boost_points`).
+def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "disparity",
+                       superpixel_scale: float = 1.0, n_segments: int = 5000, compactness: float = 0.1,
+                       seed: int = 0, slic_zero: bool = True) -> dict[str, float]:
+    """D3R and ORD_boost of one image with Boost's protocol (the arguments and the preparation: `boost_points`).
 
     D3R: neighbour pairs with both GT nonzero and ord(gt, 1.1) != 0, mean |ord(gt, 1.01) - ord(pred, 1.01)|.
     ORD_boost: random pairs, freq ratio 0 (any GT difference counts), ratio 1.03 for both.
     A value with no counted pair is NaN. Returns {"d3r", "ord_boost", "d3r_pairs", "ord_pairs"}.
     """
-    pts = boost_points(pred, gt, **kwargs)
+    pts = boost_points(pred, gt, gt_space=gt_space, pred_space=pred_space, superpixel_scale=superpixel_scale,
+                       n_segments=n_segments, compactness=compactness, seed=seed, slic_zero=slic_zero)
     gt_depth, est, centres = pts["gt_depth"], pts["est"], pts["centres"]
     neighbours, random_rel = pts["neighbours"], pts["random"]
     e1, n1 = d3r_routine(gt_depth, est, centres, neighbours, 0.1, 0.01)
