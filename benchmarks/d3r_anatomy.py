@@ -90,7 +90,8 @@ def main() -> int:
         r["flat"].append(o["flat"])
         r["reversed"].append(o["reversed"])
         r["distance"].append(o["distance_sum"])
-        r["boundary_f1"].append(metrics.boundary_f1(np.asarray(metrics.align_prediction(pred, gt, valid)), gt, valid))
+        aligned = np.asarray(metrics.align_prediction(pred, gt, valid), np.float64)  # as metrics.image_metrics
+        r["boundary_f1"].append(metrics.boundary_f1(np.maximum(aligned, 1e-6), gt, valid))
 
     for batch, n in batches:
         refined = {name: np.asarray(fn(params, batch["low"], batch["high"])) for name, (fn, params) in refiners.items()}
