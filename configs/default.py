@@ -37,7 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         augment=dict(crop_scale=(0.6, 1.0), flip_prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2,
                      gamma=(0.8, 1.25)),
     ))
-    c.model = ml_collections.ConfigDict(dict(backbone="b0", cross_iterations=8, dtype="float32"))
+    # upsample: the decoder's x2 resampling, "align_corners" (the official refiner) or "stride_aligned" (on the
+    # strided convolutions' grid, without align_corners' scale error; docs/method.md §3.6).
+    c.model = ml_collections.ConfigDict(dict(backbone="b0", cross_iterations=8, dtype="float32",
+                                             upsample="align_corners"))
     c.loss = default_loss_config("official")
     c.labels = ml_collections.ConfigDict(dict(
         # The base predictor that the teacher re-runs on every window (training/labels.py): "auto" = the

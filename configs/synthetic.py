@@ -15,7 +15,8 @@ Arguments (comma-separated): `acceptance`, `tiny`, `gt_only` (no self-distillati
 (the paper's loss instead of the official one), `shard_map` (jit + shard_map instead of pmap), `edge_poor`
 (half of the training examples get edge-poor GT, 1/4 resolution, like the paper's natural-scene sets;
 docs/method.md §10; the held-out split keeps the sharp GT), `pretrain` (2,000 L_gt-only steps on the `s256`
-build, 1,000 training scenes; docs/results.md "A long L_gt phase").
+build, 1,000 training scenes; docs/results.md "A long L_gt phase"), `stride_aligned` (the decoder upsamples on the
+strided convolutions' grid instead of align_corners: docs/method.md §3.6 "Upsampling grid").
 """
 from sddr_jax.losses import default_loss_config
 from sddr_jax_configs.default import get_config as default_config
@@ -23,7 +24,7 @@ from sddr_jax_configs.default import get_config as default_config
 
 def get_config(arg: str = ""):
     args = {a.strip() for a in arg.split(",") if a.strip()}
-    known = {"acceptance", "tiny", "gt_only", "paper_loss", "shard_map", "edge_poor", "pretrain"}
+    known = {"acceptance", "tiny", "gt_only", "paper_loss", "shard_map", "edge_poor", "pretrain", "stride_aligned"}
     unknown = args - known
     if unknown:
         raise ValueError(f"configs/synthetic.py: unknown argument(s) {sorted(unknown)}; "
@@ -108,6 +109,8 @@ def get_config(arg: str = ""):
         # The paper's mixture is half natural scenes (stereo / flow GT, smooth at depth edges) and half
         # synthetic (sharp GT); 1/4 resolution is the output stride of common stereo networks.
         c.data.edge_poor_gt = dict(fraction=0.5, factor=4)
+    if "stride_aligned" in args:
+        c.model.upsample = "stride_aligned"
     if "shard_map" in args:
         c.train.parallel = "shard_map"
     return c

@@ -465,6 +465,54 @@ def upsample_bicubic_ac_x2(x: Array, method: str = "taps") -> Array:
     return fn(x, h, 2 * h, x.ndim - 3)
 
 
+# Keys' cubic (A = CUBIC_A) at t = 1/2: w(3/2) = -3/32 for the outer taps, w(1/2) = 19/32 for the inner ones.
+_MID_OUTER = ((CUBIC_A * 1.5 - 5 * CUBIC_A) * 1.5 + 8 * CUBIC_A) * 1.5 - 4 * CUBIC_A
+_MID_INNER = ((CUBIC_A + 2) * 0.5 - (CUBIC_A + 3)) * 0.25 + 1
+
+
+def _cubic_axis_stride_x2(x: Array, axis: int) -> Array:
+    n = x.shape[axis]
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (1, 2)
+    padded = jnp.pad(x, widths, mode="edge")
+
+    def tap(k):  # input m - 1 + k for every m (clamped), k = 0..3
+        return jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
+
+    outer, inner = jnp.asarray(_MID_OUTER, x.dtype), jnp.asarray(_MID_INNER, x.dtype)
+    odd = outer * tap(0) + inner * tap(1) + inner * tap(2) + outer * tap(3)
+    y = jnp.stack([x, odd], axis=axis + 1)
+    return y.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+
+
+def upsample_bicubic_stride_x2(x: Array) -> Array:
+    """x2 bicubic upsampling of axes (-3, -2) of NHWC `x` on the grid of the stride-2 convolutions.
+
+    A stride-2 convolution with kernel 3 and padding 1 centres its output m on input pixel 2m, so the
+    inverse grid puts output 2i at input i: even outputs copy the input, odd outputs are Keys' cubic
+    (A = -0.75, as PyTorch) half-way between two inputs, taps i-1..i+2 clamped to the edge. Unlike
+    align_corners=True (output i at input i(n-1)/(2n-1), the official decoder's rule), the map from output to
+    input position has no scale error, so a network built from it is translation-equivariant away from the
+    borders (docs/method.md §3.6, "Upsampling grid").
+    """
+    _check_nhwc(x, "upsample_bicubic_stride_x2")
+    x = _cubic_axis_stride_x2(x, x.ndim - 2)  # width first, then height, like upsample_bicubic_ac_x2
+    return _cubic_axis_stride_x2(x, x.ndim - 3)
+
+
+UPSAMPLE_MODES = ("align_corners", "stride_aligned")
+
+
+def upsample_x2(x: Array, mode: str = "align_corners", *, method: str = "taps") -> Array:
+    """The decoder's x2 upsampling: mode "align_corners" (the official refiner, `upsample_bicubic_ac_x2` with
+    `method`) or "stride_aligned" (`upsample_bicubic_stride_x2`)."""
+    if mode == "align_corners":
+        return upsample_bicubic_ac_x2(x, method=method)
+    if mode == "stride_aligned":
+        return upsample_bicubic_stride_x2(x)
+    raise ValueError(f"upsample_x2: mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+
+
 __all__ = [
     "TapConv",
     "GN_EPS",
@@ -486,6 +534,9 @@ __all__ = [
     "resize_nearest",
     "resize_bilinear",
     "upsample_bicubic_ac_x2",
+    "upsample_bicubic_stride_x2",
+    "upsample_x2",
+    "UPSAMPLE_MODES",
 ]
 
 

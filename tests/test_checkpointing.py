@@ -137,3 +137,12 @@ def test_config_differences_lists_each_key():
     now = json.loads(_config(width=8, depth=2).to_json())
     assert ckpt.config_differences(saved, now) == [
         "model.depth: checkpoint '<absent>', config 2", "model.width: checkpoint 4, config 8"]
+
+
+def test_config_differences_reads_a_key_added_later_as_its_old_value():
+    """`model.upsample` appeared after checkpoints were written without it: those are align_corners refiners,
+    so resuming them with the default config is allowed and with the other grid is refused."""
+    saved = {"model": {"backbone": "b0"}}
+    assert ckpt.config_differences(saved, {"model": {"backbone": "b0", "upsample": "align_corners"}}) == []
+    assert ckpt.config_differences(saved, {"model": {"backbone": "b0", "upsample": "stride_aligned"}}) == [
+        "model.upsample: checkpoint 'align_corners', config 'stride_aligned'"]

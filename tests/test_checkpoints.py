@@ -26,7 +26,12 @@ def _params(model_config, seed=0):
 
 
 def test_model_config_defaults_and_refusals():
-    assert model_config_dict(None) == {"backbone": "b0", "cross_iterations": 8, "dtype": "float32"}
+    assert model_config_dict(None) == {"backbone": "b0", "cross_iterations": 8, "dtype": "float32",
+                                       "upsample": "align_corners"}
+    # A config saved before `upsample` existed is the official (align_corners) refiner.
+    assert model_config_dict(TINY)["upsample"] == "align_corners"
+    with pytest.raises(UserError, match="upsample must be one of"):
+        model_config_dict({"upsample": "nearest"})
     assert model_config_dict({"cross_iterations": "2"})["cross_iterations"] == 2
     with pytest.raises(UserError, match=r"unknown keys \['width'\]"):
         model_config_dict({"width": 4})
@@ -35,7 +40,19 @@ def test_model_config_defaults_and_refusals():
     with pytest.raises(UserError, match="dtype must be one of"):
         model_config_dict({"dtype": "float64"})
     r = build_refiner(TINY)
-    assert (r.backbone, r.cross_iterations, r.dtype) == ("b0", 2, None)
+    assert (r.backbone, r.cross_iterations, r.dtype, r.upsample) == ("b0", 2, None, "align_corners")
+    assert build_refiner({**TINY, "upsample": "stride_aligned"}).upsample == "stride_aligned"
+
+
+def test_upsample_mode_changes_the_function_not_the_params():
+    """Both decoder grids use the same parameters (a checkpoint's `upsample` decides how they are applied), and
+    the mode reaches the decoder: on one set of params the two refiners give different maps."""
+    assert param_shapes({**TINY, "upsample": "stride_aligned"}) == param_shapes(TINY)
+    params = _params(TINY)
+    x = np.random.default_rng(1).random((1, 128, 128, 1)).astype(np.float32)
+    a = build_refiner(TINY).apply({"params": params}, x, x).refined
+    b = build_refiner({**TINY, "upsample": "stride_aligned"}).apply({"params": params}, x, x).refined
+    assert np.isfinite(np.asarray(b)).all() and not np.allclose(a, b)
 
 
 def test_param_shapes_follow_the_config():
@@ -69,9 +86,10 @@ def test_check_params_names_every_difference():
 def test_converted_dir_records_its_model_config(tmp_path):
     params = _params(TINY, seed=1)
     out = convert.save_params(params, tmp_path / "tiny", model_config=TINY)
-    assert json.loads((out / convert.MODEL_CONFIG_FILE).read_text()) == TINY
+    full = {**TINY, "upsample": "align_corners"}  # saved whole, the upsampling grid included
+    assert json.loads((out / convert.MODEL_CONFIG_FILE).read_text()) == full
     loaded, cfg = load_refiner(out)
-    assert cfg == TINY
+    assert cfg == full
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     # params that do not fit the stated model are refused before anything is written

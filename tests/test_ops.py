@@ -81,6 +81,48 @@ def test_bicubic_matrix_rows_sum_to_one_and_keys_weights():
         ops.upsample_bicubic_ac_x2(jnp.zeros((1, 4, 4, 1)), method="lanczos")
 
 
+def _stride_x2_direct(x: np.ndarray) -> np.ndarray:
+    """Stride-aligned x2 along axis 0, written out: output 2i = x[i], output 2i+1 = Keys' cubic (A = -0.75) at
+    i + 1/2, i.e. (-3 x[i-1] + 19 x[i] + 19 x[i+1] - 3 x[i+2]) / 32 with indices clamped to the edge."""
+    n = x.shape[0]
+    c = lambda j: x[min(max(j, 0), n - 1)]  # noqa: E731
+    out = np.zeros((2 * n,) + x.shape[1:])
+    for i in range(n):
+        out[2 * i] = x[i]
+        out[2 * i + 1] = (-3 * c(i - 1) + 19 * c(i) + 19 * c(i + 1) - 3 * c(i + 2)) / 32
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_stride_aligned_x2_matches_formula(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((2, n, n + 3, 3)).astype(np.float32)
+    y = np.asarray(ops.upsample_bicubic_stride_x2(jnp.asarray(x)))
+    ref = _stride_x2_direct(np.moveaxis(_stride_x2_direct(np.moveaxis(x, 2, 0)), 0, 2).swapaxes(0, 1)).swapaxes(0, 1)
+    np.testing.assert_allclose(y, ref, atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(y[:, ::2, ::2], x)  # the input grid is kept exactly
+    np.testing.assert_array_equal(np.asarray(ops.upsample_x2(jnp.asarray(x), "stride_aligned")), y)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ops.upsample_x2(jnp.asarray(x), "half_pixel")
+
+
+def test_stride_aligned_x2_has_no_scale_error_where_align_corners_has():
+    """Output i of a stride-2 layer's upsampling should sit at input i / 2 (a stride-2 conv centres output m on
+    input 2m). On a ramp x[j] = j, Keys' cubic at t = 1/2 is exact (symmetric taps), so the stride-aligned
+    output IS the sampled position, i / 2, away from the clamped ends. align_corners pins its last output to
+    the last input (position n - 1, not n - 1/2): half an input pixel (one output pixel) off at the far end."""
+    n = 32
+    ramp = np.broadcast_to(np.arange(n, dtype=np.float32)[None, None, :, None], (1, 1, n, 1))
+    want = np.arange(2 * n) / 2
+    got = np.asarray(ops.upsample_bicubic_stride_x2(jnp.asarray(ramp)))[0, 0, :, 0]
+    inner = slice(2, 2 * n - 3)  # odd outputs 1, 2n-3 and 2n-1 read a clamped tap
+    np.testing.assert_allclose(got[inner], want[inner], atol=1e-6)
+    np.testing.assert_array_equal(got[0::2], np.arange(n))  # even outputs copy the input
+    ac = np.asarray(ops.upsample_bicubic_ac_x2(jnp.asarray(ramp)))[0, 0, :, 0]
+    assert ac[0] == pytest.approx(0.0, abs=1e-6) and ac[-1] == pytest.approx(n - 1, abs=1e-5)
+    assert ac[-1] - want[-1] == pytest.approx(-0.5, abs=1e-5)
+
+
 def test_nearest_index_maps_448_and_1920_to_2048():
     idx = ops.nearest_indices(448, 2048)
     expected = np.minimum(np.floor(np.arange(2048, dtype=np.float32) * np.float32(448 / 2048)), 447)

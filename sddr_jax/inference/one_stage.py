@@ -97,6 +97,7 @@ class RefinerFn:
     backbone: str = "b0"
     cross_iterations: int = 8
     dtype: str = "float32"
+    upsample: str = "align_corners"
 
     @classmethod
     def from_config(cls, model_config: Any = None) -> "RefinerFn":

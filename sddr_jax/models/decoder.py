@@ -5,30 +5,36 @@ weights the LOW branch: f_k = m_k * low_k + (1 - m_k) * high_k (the paper's Omeg
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 
-from sddr_jax.ops import ConvReplicate, group_norm, leaky_relu, upsample_bicubic_ac_x2
+from sddr_jax.ops import ConvReplicate, group_norm, leaky_relu, upsample_x2
 
 Dtype = Any
 Array = jax.Array
 
 
 class Up(nn.Module):
-    """GroupNorm -> PyTorch bicubic x2 (align_corners=True) -> replicate-padded conv -> LeakyReLU if act."""
+    """GroupNorm -> bicubic x2 -> replicate-padded conv -> LeakyReLU if act.
+
+    upsample: "align_corners" (PyTorch bicubic, align_corners=True: the official refiner) or "stride_aligned"
+    (`ops.upsample_bicubic_stride_x2`, docs/method.md §3.6).
+    """
 
     features: int
     groups: int
     kernel_size: int = 3
     act: bool = True
     dtype: Dtype | None = None
+    upsample: str = "align_corners"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = group_norm(self.groups, dtype=self.dtype, name="norm")(x)
-        x = upsample_bicubic_ac_x2(x, method="gather" if train else "taps")
+        x = upsample_x2(x, self.upsample, method="gather" if train else "taps")
         x = ConvReplicate(self.features, self.kernel_size, dtype=self.dtype, name="conv")(x, train=train)
         return leaky_relu(x) if self.act else x
 
@@ -59,17 +65,19 @@ def decoder_groups(channels: Sequence[int]) -> dict[str, int]:
 class Decoder(nn.Module):
     """Decoder over the low and high feature lists [l1, l2, l3, b1, b2, b3, b4] (b4 with cross-attention).
 
-    Returns (refined, out_half, out_quart, m5, m6).
+    Returns (refined, out_half, out_quart, m5, m6). `upsample` is every `Up`'s upsampling mode.
     """
 
     channels: Sequence[int] = (8, 16, 32, 32, 64, 160, 256)
     dtype: Dtype | None = None
+    upsample: str = "align_corners"
 
     @nn.compact
     def __call__(self, low: Sequence[Array], high: Sequence[Array], train: bool = False):
         c, g, dt = tuple(self.channels), decoder_groups(self.channels), self.dtype
+        up = functools.partial(Up, upsample=self.upsample)
         low, high = list(low)[::-1], list(high)[::-1]  # level k: index k (0 = b4, ..., 6 = l1)
-        r = Up(c[5], g["up0"], dtype=dt, name="up0")(low[0] + high[0], train)
+        r = up(c[5], g["up0"], dtype=dt, name="up0")(low[0] + high[0], train)
         masks = {}
         out_quart = out_half = None
         for k in range(1, 7):
@@ -78,11 +86,11 @@ class Decoder(nn.Module):
             f = m * low[k] + (1 - m) * high[k]
             x = r + f
             if k == 4:
-                out_quart = Up(1, g["head_quart"], act=False, dtype=dt, name="head_quart")(x, train)
+                out_quart = up(1, g["head_quart"], act=False, dtype=dt, name="head_quart")(x, train)
             elif k == 5:
-                out_half = Up(1, g["head_half"], act=False, dtype=dt, name="head_half")(x, train)
+                out_half = up(1, g["head_half"], act=False, dtype=dt, name="head_half")(x, train)
             if k < 6:
-                r = Up(c[6 - k - 1], g[f"up{k}"], dtype=dt, name=f"up{k}")(x, train)
+                r = up(c[6 - k - 1], g[f"up{k}"], dtype=dt, name=f"up{k}")(x, train)
             else:
-                r = Up(1, g["up6"], kernel_size=5, act=False, dtype=dt, name="up6")(x, train)
+                r = up(1, g["up6"], kernel_size=5, act=False, dtype=dt, name="up6")(x, train)
         return r, out_half, out_quart, masks[5], masks[6]

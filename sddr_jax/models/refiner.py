@@ -21,7 +21,7 @@ from sddr_jax.models.decoder import Decoder
 from sddr_jax.models.mit import MixVisionTransformer, get_mit_config
 from sddr_jax.models.stem import Down
 from sddr_jax.errors import UserError
-from sddr_jax.ops import ConvReplicate
+from sddr_jax.ops import UPSAMPLE_MODES, ConvReplicate
 
 Array = jax.Array
 Dtype = Any
@@ -78,6 +78,7 @@ class Refiner(nn.Module):
     backbone: str = "b0"
     cross_iterations: int = 8
     dtype: Dtype | None = None
+    upsample: str = "align_corners"
 
     @nn.compact
     def __call__(self, low: Array, high: Array, train: bool = False) -> RefinerOutput:
@@ -107,7 +108,7 @@ class Refiner(nn.Module):
                                        name="cross_attention")(feats_low[-1], feats_high[-1])
         feats_low[-1] = feats_low[-1] + z_low
         feats_high[-1] = feats_high[-1] + z_high
-        out = Decoder(channels, dtype=dt, name="decoder")(feats_low, feats_high, train=train)
+        out = Decoder(channels, dtype=dt, upsample=self.upsample, name="decoder")(feats_low, feats_high, train=train)
         out = [o.astype(jnp.float32) for o in out]
         return RefinerOutput(*out)
 
@@ -115,13 +116,15 @@ class Refiner(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # The one place that builds a Refiner from a model config (training, checkpoints, CLI and Python API).
 
-DEFAULT_MODEL_CONFIG = {"backbone": "b0", "cross_iterations": 8, "dtype": "float32"}
+DEFAULT_MODEL_CONFIG = {"backbone": "b0", "cross_iterations": 8, "dtype": "float32", "upsample": "align_corners"}
 _DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def model_config_dict(model_config: Any = None) -> dict[str, Any]:
     """A model config (`config.model` of training, a dict saved in a checkpoint, or None for the official
-    b0 refiner) as a plain, validated dict {backbone, cross_iterations, dtype}; unknown keys are refused."""
+    b0 refiner) as a plain, validated dict {backbone, cross_iterations, dtype, upsample}; unknown keys are
+    refused, missing ones take the official value (a checkpoint saved before `upsample` existed is an
+    align_corners refiner)."""
     given = {} if model_config is None else dict(model_config)
     unknown = sorted(set(given) - set(DEFAULT_MODEL_CONFIG))
     if unknown:
@@ -139,6 +142,8 @@ def model_config_dict(model_config: Any = None) -> dict[str, Any]:
         raise UserError(f"model config: cross_iterations must be >= 0, got {cfg['cross_iterations']}")
     if cfg["dtype"] not in _DTYPES:
         raise UserError(f"model config: dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
+    if cfg["upsample"] not in UPSAMPLE_MODES:
+        raise UserError(f"model config: upsample must be one of {list(UPSAMPLE_MODES)}, got {cfg['upsample']!r}")
     cfg["backbone"] = str(cfg["backbone"])
     return cfg
 
@@ -149,7 +154,7 @@ def build_refiner(model_config: Any = None, *, dtype: Dtype | None = None) -> Re
     `dtype` (a jnp dtype) overrides the config's compute dtype, e.g. bf16 inference of a float32 model.
     """
     cfg = model_config_dict(model_config)
-    return Refiner(backbone=cfg["backbone"], cross_iterations=cfg["cross_iterations"],
+    return Refiner(backbone=cfg["backbone"], cross_iterations=cfg["cross_iterations"], upsample=cfg["upsample"],
                    dtype=dtype if dtype is not None else _DTYPES[cfg["dtype"]])
 
 

@@ -74,10 +74,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+# Config keys added after checkpoints were written without them: the value such a checkpoint was trained with.
+ADDED_KEYS = {"model.upsample": "align_corners"}
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                        keys: Iterable[str] = COMPAT_KEYS) -> list[str]:
-    """Lines `key: checkpoint X, config Y` for every leaf under `keys` that differs."""
+    """Lines `key: checkpoint X, config Y` for every leaf under `keys` that differs (a key of ADDED_KEYS that
+    the checkpoint lacks counts as its value there)."""
     a, b = _flatten(saved), _flatten(current)
+    a.update({k: v for k, v in ADDED_KEYS.items() if k in b and k not in a})
     diffs = []
     for key in sorted(set(a) | set(b)):
         if not any(key == p or key.startswith(p + ".") for p in keys):
