@@ -11,7 +11,9 @@ on the same images:
 * the low and high inputs of the config, and the refined map of every `--checkpoint` (a training workdir,
   optionally `WORKDIR@STEP`);
 
-(`--roll`: also each refined map shifted by one pixel in the 8 directions), with, for each: the mean D3R
+(`--roll`: also each refined map shifted by one pixel in the 8 directions; `--shift DY,DX`, repeatable: also
+each refined map shifted by a sub-pixel amount, cubic spline interpolation, and the same map shifted there and
+back, which isolates the interpolation's smoothing from the shift), with, for each: the mean D3R
 over images (the evaluator's mean, `metrics.aggregate`: an image scoring exactly 0 is left out, as in the
 official code, so the numbers match the training tables), the counted pairs, the share of pairs whose order
 the map gets flat (within 1 %: error 1) or reversed (error 2), the mean centre distance of the pairs, and
@@ -58,8 +60,21 @@ def main() -> int:
                     help="a training workdir whose refined map is scored (repeatable; @STEP picks a saved step)")
     ap.add_argument("--roll", action="store_true",
                     help="also score each refined map rolled by one pixel in the 8 directions (is the error an offset?)")
+    ap.add_argument("--shift", action="append", default=[], metavar="DY,DX",
+                    help="also score each refined map shifted by (DY, DX) pixels, sub-pixel (scipy.ndimage.shift, "
+                         "cubic, edge values extended), and shifted there and back (the interpolation's smoothing "
+                         "alone); repeatable")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    shifts = []
+    for spec in args.shift:
+        try:
+            dy, dx = (float(v) for v in spec.split(","))
+        except ValueError:
+            ap.error(f"--shift: expected DY,DX (two numbers, pixels), got {spec!r}")
+        shifts.append((dy, dx))
+
+    from scipy import ndimage
 
     from sddr_jax.checkpoints import load_training_checkpoint
     from sddr_jax.data.pipeline import TrainData
@@ -102,6 +117,12 @@ def main() -> int:
             if args.roll:
                 maps.update({f"{name}, rolled ({dy:+d}, {dx:+d})": np.roll(r[i, ..., 0], (dy, dx), (0, 1))
                              for name, r in refined.items() for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx})
+            for name, r in refined.items():
+                for dy, dx in shifts:
+                    moved = ndimage.shift(r[i, ..., 0], (dy, dx), order=3, mode="nearest")
+                    maps[f"{name}, shifted ({dy:+g}, {dx:+g})"] = moved
+                    maps[f"{name}, shifted ({dy:+g}, {dx:+g}) and back"] = ndimage.shift(moved, (-dy, -dx), order=3,
+                                                                                          mode="nearest")
             for name, m in maps.items():
                 score(name, np.asarray(m, np.float32), gt, valid)
 
@@ -115,9 +136,10 @@ def main() -> int:
                          "boundary_f1": means["boundary_f1"]}
     print(f"D3R anatomy, {args.config}, {len(rows['low input']['d3r'])} held-out images; "
           f"load average {os.getloadavg()}")
-    print(f"{'map':>52} {'D3R':>7} {'pairs':>7} {'flat':>7} {'reversed':>9} {'dist px':>8} {'F1':>7}")
+    width = max(52, *(len(n) for n in summary))
+    print(f"{'map':>{width}} {'D3R':>7} {'pairs':>7} {'flat':>7} {'reversed':>9} {'dist px':>8} {'F1':>7}")
     for name, s in summary.items():
-        print(f"{name:>52} {s['d3r']:7.4f} {s['pairs']:7d} {s['flat_share']:7.4f} {s['reversed_share']:9.4f} "
+        print(f"{name:>{width}} {s['d3r']:7.4f} {s['pairs']:7d} {s['flat_share']:7.4f} {s['reversed_share']:9.4f} "
               f"{s['mean_centre_distance_px']:8.2f} {s['boundary_f1']:7.4f}")
     if args.json:
         from sddr_jax.io import write_json_atomic
