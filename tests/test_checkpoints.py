@@ -45,14 +45,44 @@ def test_model_config_defaults_and_refusals():
 
 
 def test_upsample_mode_changes_the_function_not_the_params():
-    """Both decoder grids use the same parameters (a checkpoint's `upsample` decides how they are applied), and
-    the mode reaches the decoder: on one set of params the two refiners give different maps."""
-    assert param_shapes({**TINY, "upsample": "stride_aligned"}) == param_shapes(TINY)
-    params = _params(TINY)
-    x = np.random.default_rng(1).random((1, 128, 128, 1)).astype(np.float32)
-    a = build_refiner(TINY).apply({"params": params}, x, x).refined
-    b = build_refiner({**TINY, "upsample": "stride_aligned"}).apply({"params": params}, x, x).refined
-    assert np.isfinite(np.asarray(b)).all() and not np.allclose(a, b)
+    """Both decoder grids use the same parameters (a checkpoint's `upsample` decides how they are applied), the
+    mode reaches all nine upsampling layers of a built refiner (traced abstractly: no full forward pass), and
+    one such layer with the same params gives different maps in the two modes."""
+    import flax.linen as nn
+
+    from sddr_jax import ops
+    from sddr_jax.models.decoder import Up
+
+    stride = {**TINY, "upsample": "stride_aligned"}
+    assert param_shapes(stride) == param_shapes(TINY)
+
+    def modes(cfg):
+        seen = []
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, Up) and context.method_name == "__call__":
+                seen.append((context.module.name, context.module.upsample))
+            return next_fun(*args, **kwargs)
+
+        x = jax.ShapeDtypeStruct((1, 128, 128, 1), np.float32)
+        with nn.intercept_methods(record):
+            jax.eval_shape(lambda a, b: build_refiner(cfg).init(jax.random.key(0), a, b), x, x)
+        return seen
+
+    names = ["up0", "up1", "up2", "up3", "head_quart", "up4", "head_half", "up5", "up6"]
+    assert modes(stride) == [(n, "stride_aligned") for n in names]
+    assert modes(TINY) == [(n, "align_corners") for n in names]
+
+    x = np.random.default_rng(1).random((1, 6, 5, 8)).astype(np.float32)
+    layer = Up(4, 2)
+    params = layer.init(jax.random.key(0), x)
+    a = layer.apply(params, x)
+    b = Up(4, 2, upsample="stride_aligned").apply(params, x)
+    assert a.shape == b.shape == (1, 12, 10, 4) and not np.allclose(a, b)
+    np.testing.assert_array_equal(ops.upsample_x2(x, "stride_aligned"), ops.upsample_bicubic_stride_x2(x))
+    np.testing.assert_array_equal(ops.upsample_x2(x, "align_corners"), ops.upsample_bicubic_ac_x2(x))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ops.upsample_x2(x, "nearest")
 
 
 def test_param_shapes_follow_the_config():
