@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sddr_jax.errors import UserError, storage_problem
+from sddr_jax.models import DEFAULT_MODEL_CONFIG
 
 # Config keys (dotted prefixes) that decide the shapes and structure of the saved state. A run resumed with a
 # different value would restore arrays that do not fit, or silently train another model.
@@ -74,16 +75,14 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
-# Config keys added after checkpoints were written without them: the value such a checkpoint was trained with.
-ADDED_KEYS = {"model.upsample": "align_corners"}
-
-
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                        keys: Iterable[str] = COMPAT_KEYS) -> list[str]:
-    """Lines `key: checkpoint X, config Y` for every leaf under `keys` that differs (a key of ADDED_KEYS that
-    the checkpoint lacks counts as its value there)."""
+    """Lines `key: checkpoint X, config Y` for every leaf under `keys` that differs. A model key the checkpoint
+    lacks counts as its default (`models.DEFAULT_MODEL_CONFIG`), as `models.model_config_dict` reads it when
+    the checkpoint is loaded: a checkpoint saved before `model.upsample` existed is an align_corners refiner."""
     a, b = _flatten(saved), _flatten(current)
-    a.update({k: v for k, v in ADDED_KEYS.items() if k in b and k not in a})
+    defaults = {f"model.{k}": v for k, v in DEFAULT_MODEL_CONFIG.items()}
+    a.update({k: v for k, v in defaults.items() if k in b and k not in a})
     diffs = []
     for key in sorted(set(a) | set(b)):
         if not any(key == p or key.startswith(p + ".") for p in keys):
