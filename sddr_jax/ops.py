@@ -284,6 +284,16 @@ def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     return i0.astype(np.int32), i1.astype(np.int32), w0, w1
 
 
+def _cubic_near(v, a):
+    """Keys' cubic convolution kernel for |v| <= 1 (ATen's `cubic_convolution1`)."""
+    return ((a + 2) * v - (a + 3)) * v * v + 1
+
+
+def _cubic_far(v, a):
+    """Keys' cubic convolution kernel for 1 < |v| < 2 (ATen's `cubic_convolution2`)."""
+    return ((a * v - 5 * a) * v + 8 * a) * v - 4 * a
+
+
 def bicubic_ac_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch bicubic (align_corners=True, A = -0.75) taps: indices (out, 4) and weights (out, 4).
 
@@ -300,14 +310,8 @@ def bicubic_ac_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
     x0 = np.floor(x)
     t = (x - x0).astype(np.float32)
     one = np.float32(1)
-
-    def conv1(v):  # |v| <= 1
-        return ((a + 2) * v - (a + 3)) * v * v + one
-
-    def conv2(v):  # 1 < |v| < 2
-        return ((a * v - 5 * a) * v + 8 * a) * v - 4 * a
-
-    w = np.stack([conv2(t + one), conv1(t), conv1(one - t), conv2((one - t) + one)], axis=1)
+    w = np.stack([_cubic_far(t + one, a), _cubic_near(t, a), _cubic_near(one - t, a),
+                  _cubic_far((one - t) + one, a)], axis=1)
     idx = x0.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
     idx = np.clip(idx, 0, in_size - 1)
     return idx.astype(np.int32), w.astype(np.float32)
@@ -466,8 +470,8 @@ def upsample_bicubic_ac_x2(x: Array, method: str = "taps") -> Array:
 
 
 # Keys' cubic (A = CUBIC_A) at t = 1/2: w(3/2) = -3/32 for the outer taps, w(1/2) = 19/32 for the inner ones.
-_MID_OUTER = ((CUBIC_A * 1.5 - 5 * CUBIC_A) * 1.5 + 8 * CUBIC_A) * 1.5 - 4 * CUBIC_A
-_MID_INNER = ((CUBIC_A + 2) * 0.5 - (CUBIC_A + 3)) * 0.25 + 1
+_MID_OUTER = _cubic_far(1.5, CUBIC_A)
+_MID_INNER = _cubic_near(0.5, CUBIC_A)
 
 
 def _cubic_axis_stride_x2(x: Array, axis: int) -> Array:
