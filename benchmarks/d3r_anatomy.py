@@ -36,16 +36,20 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _reference_maps(gt: np.ndarray) -> dict[str, np.ndarray]:
-    import cv2
-
+def band_limited(gt: np.ndarray, s: int) -> np.ndarray:
+    """`gt` (H, W) as an s x s prediction would carry it: linear, antialiased down to s, then the bilinear
+    upsampling the predictors' maps get (also used by edge_registration.py)."""
     from sddr_jax.ops import resize_bilinear
 
     h, w = gt.shape
-    out = {}
-    for s in (64, 128, 192):
-        small = jax.image.resize(jnp.asarray(gt), (s, s), "linear", antialias=True)
-        out[f"GT band-limited to {s} px"] = np.asarray(resize_bilinear(small[None, :, :, None], (h, w))[0, ..., 0])
+    small = jax.image.resize(jnp.asarray(gt), (s, s), "linear", antialias=True)
+    return np.asarray(resize_bilinear(small[None, :, :, None], (h, w))[0, ..., 0])
+
+
+def _reference_maps(gt: np.ndarray) -> dict[str, np.ndarray]:
+    import cv2
+
+    out = {f"GT band-limited to {s} px": band_limited(gt, s) for s in (64, 128, 192)}
     for sigma in (1.0, 2.0):
         out[f"GT blurred, sigma {sigma:g} px"] = cv2.GaussianBlur(gt, (0, 0), sigma)
     return out

@@ -25,13 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def band_limited(gt: np.ndarray, s: int) -> np.ndarray:
-    from sddr_jax.ops import resize_bilinear
-
-    h, w = gt.shape
-    small = jax.image.resize(jnp.asarray(gt), (s, s), "linear", antialias=True)
-    return np.asarray(resize_bilinear(small[None, :, :, None], (h, w))[0, ..., 0])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from d3r_anatomy import band_limited  # noqa: E402
 
 
 def crossing(row: np.ndarray, centre: float) -> float:
