@@ -210,6 +210,47 @@ def test_d3r_outcomes_closed_form():
     assert metrics.d3r(100.0 - gt, gt, **kw) == pytest.approx(2.0)
 
 
+def test_boost_metrics_score_the_pairs_of_boosts_loop():
+    # boost_edge_metrics scores the counted pairs (computed once per GT) with array operations; d3r_routine
+    # is the loop of Boost's D3R.m. They agree exactly, for neighbour lists and for random lists with
+    # repeated and self-referring entries (ORD_boost's draws have both).
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    gt = 2.0 + (xx // 9) + 0.7 * (yy // 13) + 0.05 * rng.random((64, 64))
+    gt[rng.random((64, 64)) < 0.03] = 0.0  # invalid pixels
+    for pred_space in ("depth", "disparity"):
+        for noise in (0.0, 0.3, 3.0):
+            pred = gt + noise * rng.normal(size=gt.shape)
+            pts = metrics.boost_points(pred, gt, pred_space=pred_space, n_segments=300)
+            assert any(i in r or len(set(r)) < 3 for i, r in enumerate(pts["random"]))
+            got = metrics.boost_edge_metrics(pred, gt, pred_space=pred_space, n_segments=300)
+            e1, n1 = metrics.d3r_routine(pts["gt_depth"], pts["est"], pts["centres"], pts["neighbours"], 0.1, 0.01)
+            e2, n2 = metrics.d3r_routine(pts["gt_depth"], pts["est"], pts["centres"], pts["random"], 0.0, 0.03)
+            assert n1 > 50 and n2 > 50
+            assert (got["d3r"], got["d3r_pairs"], got["ord_boost"], got["ord_pairs"]) == (e1 / n1, n1, e2 / n2, n2)
+
+
+def test_boost_ground_truth_part_is_cached_per_gt_and_options():
+    rng = np.random.default_rng(5)
+    gt = 2.0 + rng.random((40, 40)).round(1)
+    pred = gt + 0.1 * rng.normal(size=gt.shape)
+    a = metrics.boost_points(pred, gt, n_segments=100)
+    b = metrics.boost_points(2.0 * pred, gt, n_segments=100)
+    assert a["centres"] is b["centres"] and a["est"] is not b["est"]  # one segmentation, two predictions
+    assert not a["centres"].flags.writeable and not a["d3r_pairs"].flags.writeable
+    # Another GT (one pixel changed) or other options: computed anew, not read from the cache.
+    gt2 = gt.copy()
+    gt2[20, 20] += 5.0
+    assert metrics.boost_points(pred, gt2, n_segments=100)["centres"] is not a["centres"]
+    assert metrics.boost_points(pred, gt, n_segments=60)["centres"].shape[0] < a["centres"].shape[0]
+    # The values are those of a fresh computation (the cache cleared).
+    metrics._GT_CACHE.entries.clear()
+    fresh = metrics.boost_points(2.0 * pred, gt, n_segments=100)
+    for k in ("gt_depth", "centres", "d3r_pairs", "ord_pairs", "est"):
+        np.testing.assert_array_equal(fresh[k], b[k])
+    assert len(metrics._GT_CACHE.entries) <= metrics._GT_CACHE.size
+
+
 def test_ord_ranking_fixed_seed_and_invariance():
     rng = np.random.RandomState(4)
     yy, xx = np.mgrid[0:32, 0:32]

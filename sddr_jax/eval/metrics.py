@@ -372,6 +372,21 @@ def d3r_routine(gt: np.ndarray, est: np.ndarray, centres: np.ndarray, point_pair
     return error, confidence
 
 
+def _ord_array(v1: np.ndarray, v2: np.ndarray, delta: float) -> np.ndarray:
+    """`_ord` on arrays (the same float64 operations, element by element)."""
+    r = (v1 + _EPS) / (v2 + _EPS)
+    return np.where(r > delta, 1, np.where(r < 1.0 / delta, -1, 0))
+
+
+def _pair_error(gv: np.ndarray, ev: np.ndarray, pairs: np.ndarray, ratio: float) -> tuple[int, int]:
+    """`d3r_routine`'s (error, confidence) from its counted pairs (`_counted_pairs` as an (n, 2) array)."""
+    if not len(pairs):
+        return 0, 0
+    i, j = pairs[:, 0], pairs[:, 1]
+    err = np.abs(_ord_array(gv[i], gv[j], 1.0 + ratio) - _ord_array(ev[i], ev[j], 1.0 + ratio))
+    return int(err.sum()), len(pairs)
+
+
 def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
     """How the D3R pairs of one image come out (a diagnostic; keyword arguments as `boost_points`):
     {"pairs", "agree", "flat" (the prediction's two values within 1 %: error 1), "reversed" (the opposite
@@ -379,14 +394,75 @@ def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
     pixels between the two centres of each pair. (Every counted pair differs by > 10 % in the GT, so the GT's
     own order at 1 % is never 0.)"""
     pts = boost_points(pred, gt, **kwargs)
-    gt_depth, est, centres = np.nan_to_num(pts["gt_depth"], nan=0.0), pts["est"], pts["centres"]
-    gv, ev = gt_depth[centres[:, 0], centres[:, 1]], est[centres[:, 0], centres[:, 1]]
-    out = {"pairs": 0, "agree": 0, "flat": 0, "reversed": 0, "distance_sum": 0.0}
-    for i, j in _counted_pairs(gv, pts["neighbours"], 0.1):
-        og, oe = _ord(gv[i], gv[j], 1.01), _ord(ev[i], ev[j], 1.01)
-        out["pairs"] += 1
-        out["distance_sum"] += float(np.hypot(*(centres[i] - centres[j])))
-        out["agree" if og == oe else "flat" if oe == 0 else "reversed"] += 1
+    centres, gv, pairs = pts["centres"], pts["gv"], pts["d3r_pairs"]
+    ev = pts["est"][centres[:, 0], centres[:, 1]]
+    i, j = pairs[:, 0], pairs[:, 1]
+    og, oe = _ord_array(gv[i], gv[j], 1.01), _ord_array(ev[i], ev[j], 1.01)
+    flat = (og != oe) & (oe == 0)
+    distance = np.hypot(*(centres[i] - centres[j]).T.astype(np.float64))
+    return {"pairs": len(pairs), "agree": int(np.sum(og == oe)), "flat": int(flat.sum()),
+            "reversed": int(np.sum((og != oe) & ~flat)), "distance_sum": float(sum(distance.tolist(), 0.0))}
+
+
+class _GroundTruthCache:
+    """The GT-only part of Boost's protocol for the last few GT maps (keyed by their bytes and the options):
+    `evaluate_maps` scores several predictions (refined, low, high) of each image, and the SLIC segmentation
+    and the counted pairs depend on the GT alone, so they are computed once per image, not once per
+    prediction. Values are read-only."""
+
+    def __init__(self, size: int = 2):
+        self.size, self.entries = size, {}
+
+    def get(self, g: np.ndarray, options: tuple, build) -> dict[str, Any]:
+        import hashlib
+
+        key = (g.shape, hashlib.blake2b(np.ascontiguousarray(g).tobytes(), digest_size=16).digest(), options)
+        if key in self.entries:
+            self.entries[key] = self.entries.pop(key)  # most recent last
+        else:
+            self.entries[key] = build()
+            while len(self.entries) > self.size:
+                self.entries.pop(next(iter(self.entries)))
+        return self.entries[key]
+
+
+_GT_CACHE = _GroundTruthCache()
+
+
+def _ground_truth_points(g: np.ndarray, gt_space: str, superpixel_scale: float, n_segments: int,
+                         compactness: float, seed: int, slic_zero: bool) -> dict[str, Any]:
+    """`boost_points`' GT-only values (see there), with the counted pairs of D3R and ORD_boost."""
+    g = np.where(np.isfinite(g) & (g != 0), g, np.nan)
+    if gt_space == "depth":
+        disp = 1.0 / g
+        disp = disp / np.nanmax(disp) if np.any(np.isfinite(disp)) else disp
+    else:
+        disp = g
+    min_disp = float(np.nanmin(disp)) if np.any(np.isfinite(disp)) else 0.0
+    gt_depth = _rescale(1.0 / disp)
+    gt_disp = _rescale(disp)
+    s = float(superpixel_scale)
+    h, w = g.shape
+    if s != 1.0:
+        sh, sw = int(math.ceil(h * s)), int(math.ceil(w * s))
+        small = cv2.resize(np.nan_to_num(gt_disp, nan=0.0).astype(np.float32), (sw, sh),
+                           interpolation=cv2.INTER_NEAREST)
+    else:
+        small = np.nan_to_num(gt_disp, nan=0.0)
+    centres, neighbours, random_rel = superpixel_pairs(small, n_segments, compactness, seed, slic_zero)
+    c1 = centres + 1  # MATLAB 1-based, scaled back, then 0-based
+    centres = np.stack([np.clip(np.round(c1[:, 0] / s).astype(np.int64) - 1, 0, h - 1),
+                        np.clip(np.round(c1[:, 1] / s).astype(np.int64) - 1, 0, w - 1)], -1)
+    gv = np.nan_to_num(gt_depth, nan=0.0)[centres[:, 0], centres[:, 1]]
+
+    def counted(lists, freq_ratio):
+        return np.asarray(list(_counted_pairs(gv, lists, freq_ratio)), np.int64).reshape(-1, 2)
+
+    out = {"gt_depth": gt_depth, "min_disp": min_disp, "centres": centres, "neighbours": neighbours,
+           "random": random_rel, "gv": gv, "d3r_pairs": counted(neighbours, 0.1), "ord_pairs": counted(random_rel, 0.0)}
+    for v in out.values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
     return out
 
 
@@ -395,8 +471,10 @@ def boost_points(pred, gt, gt_space: str = "depth", pred_space: str = "disparity
                  seed: int = 0, slic_zero: bool = True) -> dict[str, Any]:
     """What Boost's edge metrics compare, for one image (host numpy + skimage SLIC; docs/method.md §9.4):
     {"gt_depth", "est"} (both rescaled to [0, 1]), "centres" (n, 2) rows/cols at full resolution,
-    "neighbours" and "random" (per-segment lists). `boost_edge_metrics` scores them; `d3r_outcomes` sorts
-    the D3R pairs by outcome.
+    "neighbours" and "random" (per-segment lists), and the pairs that D3R and ORD_boost count ("d3r_pairs",
+    "ord_pairs": (n, 2) index arrays into the centres, as Boost's loops visit them). `boost_edge_metrics`
+    scores them; `d3r_outcomes` sorts the D3R pairs by outcome. Everything but "est" depends on the GT alone
+    and is computed once for the last GT maps seen (read-only arrays; the lists must not be changed).
 
     GT: zeros/NaN invalid. With `gt_space="depth"` (Boost's depth branch): disp = 1/depth, divided by its max;
     with "disparity": the map itself. min_disp = its smallest valid value; GT disparity and GT depth (1/disp)
@@ -413,34 +491,16 @@ def boost_points(pred, gt, gt_space: str = "depth", pred_space: str = "disparity
     if g.ndim != 2 or p.shape != g.shape:
         raise UserError(f"boost_edge_metrics: expected two (H, W) maps of one shape, "
                         f"got {p.shape} and {g.shape}")
-    g = np.where(np.isfinite(g) & (g != 0), g, np.nan)
-    if gt_space == "depth":
-        disp = 1.0 / g
-        disp = disp / np.nanmax(disp) if np.any(np.isfinite(disp)) else disp
-    else:
-        disp = g
-    min_disp = float(np.nanmin(disp)) if np.any(np.isfinite(disp)) else 0.0
-    gt_depth = _rescale(1.0 / disp)
-    gt_disp = _rescale(disp)
+    options = (gt_space, float(superpixel_scale), int(n_segments), float(compactness), int(seed), bool(slic_zero))
+    pts = dict(_GT_CACHE.get(g, options, lambda: _ground_truth_points(g, *options)))
     p = np.nan_to_num(p, nan=0.0)
     if pred_space == "disparity":
         with np.errstate(divide="ignore"):
-            est = _rescale(1.0 / _rescale(p, min_disp, 1.0))
+            est = _rescale(1.0 / _rescale(p, pts["min_disp"], 1.0))
     else:
         est = _rescale(p)
-    s = float(superpixel_scale)
-    h, w = g.shape
-    if s != 1.0:
-        sh, sw = int(math.ceil(h * s)), int(math.ceil(w * s))
-        small = cv2.resize(np.nan_to_num(gt_disp, nan=0.0).astype(np.float32), (sw, sh),
-                           interpolation=cv2.INTER_NEAREST)
-    else:
-        small = np.nan_to_num(gt_disp, nan=0.0)
-    centres, neighbours, random_rel = superpixel_pairs(small, n_segments, compactness, seed, slic_zero)
-    c1 = centres + 1  # MATLAB 1-based, scaled back, then 0-based
-    centres = np.stack([np.clip(np.round(c1[:, 0] / s).astype(np.int64) - 1, 0, h - 1),
-                        np.clip(np.round(c1[:, 1] / s).astype(np.int64) - 1, 0, w - 1)], -1)
-    return {"gt_depth": gt_depth, "est": est, "centres": centres, "neighbours": neighbours, "random": random_rel}
+    pts["est"] = est
+    return pts
 
 
 def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "disparity",
@@ -454,10 +514,10 @@ def boost_edge_metrics(pred, gt, gt_space: str = "depth", pred_space: str = "dis
     """
     pts = boost_points(pred, gt, gt_space=gt_space, pred_space=pred_space, superpixel_scale=superpixel_scale,
                        n_segments=n_segments, compactness=compactness, seed=seed, slic_zero=slic_zero)
-    gt_depth, est, centres = pts["gt_depth"], pts["est"], pts["centres"]
-    neighbours, random_rel = pts["neighbours"], pts["random"]
-    e1, n1 = d3r_routine(gt_depth, est, centres, neighbours, 0.1, 0.01)
-    e2, n2 = d3r_routine(gt_depth, est, centres, random_rel, 0.0, 0.03)
+    centres, gv = pts["centres"], pts["gv"]
+    ev = pts["est"][centres[:, 0], centres[:, 1]]
+    e1, n1 = _pair_error(gv, ev, pts["d3r_pairs"], 0.01)  # = d3r_routine(..., neighbours, 0.1, 0.01)
+    e2, n2 = _pair_error(gv, ev, pts["ord_pairs"], 0.03)  # = d3r_routine(..., random, 0.0, 0.03)
     return {"d3r": e1 / n1 if n1 else float("nan"), "ord_boost": e2 / n2 if n2 else float("nan"),
             "d3r_pairs": n1, "ord_pairs": n2}
 
