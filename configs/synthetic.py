@@ -57,7 +57,9 @@ def get_config(arg: str = ""):
     c.train.gt_only_steps = 90  # phase 1: L_gt only; then 2 pseudo-label rounds of 25 steps
     c.train.label_refresh_steps = 25
     c.train.log_every = 10
-    c.train.eval_every = 0  # only at the end
+    # Held-out evaluation at the end of phase 1 (the L_gt-only model the self-distillation rounds start from;
+    # `sddr-jax demo` shows it beside the final model) and at the end.
+    c.train.eval_every = 90
     c.train.checkpoint_every = 50
     c.train.keep_checkpoints = 2
 

@@ -359,6 +359,32 @@ def test_finished_demo_is_not_retrained(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
 
 
+def test_demo_table_shows_the_phase1_model_beside_the_final_one(tmp_path):
+    from sddr_jax.commands.demo import demo_table, phase1_eval
+    from sddr_jax_configs import synthetic
+
+    # The demo's config evaluates at the end of phase 1 (the model its self-distillation rounds start from).
+    c = synthetic.get_config()
+    assert 0 < c.train.gt_only_steps < c.train.num_steps and c.train.eval_every == c.train.gt_only_steps
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"step": 90, "refined/delta1": 0.5, "refined/d3r": 0.09, "low/delta1": 0.4},
+            {"step": 90, "refined/delta1": 0.91, "refined/d3r": 0.08, "low/delta1": 0.9},  # resumed: last wins
+            {"step": 140, "refined/delta1": 0.95, "refined/d3r": 0.07}]
+    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 14')  # torn last line
+    assert phase1_eval(run, 90) == {"delta1": 0.91, "d3r": 0.08}
+    assert phase1_eval(run, 100) is None and phase1_eval(run, 0) is None and phase1_eval(tmp_path, 90) is None
+    summary = {"low": {"delta1": 0.90, "d3r": 0.09}, "high": {"delta1": 0.92, "d3r": 0.05},
+               "refined": {"delta1": 0.95, "d3r": 0.07}}
+    table, shown = demo_table(summary, phase1_eval(run, 90), 90, "caption")
+    assert list(shown) == ["low", "high", "gt_only", "refined"]
+    assert "| metric | low input | high input | refined, L_gt only (step 90) | refined (ours) |" in table
+    assert "| δ1 ↑ | 0.9000 | 0.9200 | 0.9100 | **0.9500** |" in table
+    assert "| D3R ↓ | 0.0900 | **0.0500** | 0.0800 | 0.0700 |" in table
+    table, shown = demo_table(summary, None, 90, "")
+    assert list(shown) == ["low", "high", "refined"] and "L_gt only" not in table
+
+
 def test_background_compile_runs_its_program(caplog):
     """A `BackgroundCompile` call runs the program built in its thread (nothing compiles at the call; pmap, as
     the training loop uses it), with its compiler options; without options that program is also the one a
