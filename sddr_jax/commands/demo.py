@@ -33,7 +33,7 @@ def phase1_eval(workdir: pathlib.Path, step: int) -> dict[str, float] | None:
     from sddr_jax.viz import read_jsonl
 
     path = workdir / "eval.jsonl"
-    if not step or not path.is_file():
+    if not path.is_file():
         return None
     found = None
     for rec in read_jsonl(path):  # a resumed run may log a step twice: the last record wins

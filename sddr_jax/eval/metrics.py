@@ -15,6 +15,7 @@ Empty valid masks give NaN metrics, which `aggregate` skips.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -414,8 +415,6 @@ class _GroundTruthCache:
         self.size, self.entries = size, {}
 
     def get(self, g: np.ndarray, options: tuple, build) -> dict[str, Any]:
-        import hashlib
-
         key = (g.shape, hashlib.blake2b(np.ascontiguousarray(g).tobytes(), digest_size=16).digest(), options)
         if key in self.entries:
             self.entries[key] = self.entries.pop(key)  # most recent last
