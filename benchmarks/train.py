@@ -13,6 +13,7 @@ data: a phase-1 step (L_gt only) against a phase-2 step (the teacher's label pas
 full-loss step), side by side on the same batches (target: phase 2 <= 2x phase 1).
 
     python benchmarks/train.py --config configs/synthetic.py:acceptance --data-dir runs/data --steps 5 [--repeats 3]
+        [--set optimizer.flatten=False]
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def bench(size: int, mode: str, batch_per_device: int, steps: int, with_labels: 
             "steps_per_s": 1.0 / dt, "images_per_s": n / dt}
 
 
-def bench_config(config_arg: str, data_dir: str, steps: int, repeats: int = 1) -> dict:
+def bench_config(config_arg: str, data_dir: str, steps: int, repeats: int = 1, overrides=()) -> dict:
     """Phase-1 vs phase-2 step time of a training config, on `steps` of its own batches (pipeline excluded).
 
     With `repeats` > 1 the phases and the label pass are timed that many times each, interleaved (phase 1,
@@ -88,7 +89,7 @@ def bench_config(config_arg: str, data_dir: str, steps: int, repeats: int = 1) -
     from sddr_jax.training.labels import label_body, label_options, label_predictor
     from sddr_jax.training.parallel import parallelize
 
-    config = T.load_config(config_arg)
+    config = T.load_config(config_arg, overrides)
     config.data.data_dir = data_dir
     model = build_refiner(config.model)
     tx = T.make_optimizer(config.optimizer, 1000)
@@ -125,7 +126,8 @@ def bench_config(config_arg: str, data_dir: str, steps: int, repeats: int = 1) -
         state, m = step(state, {k: dev[k] for k in keys}, labels, flags[True])
         return m
 
-    row = {"config": config_arg, "image_size": int(config.data.image_size), "batch": int(config.data.batch_size),
+    row = {"config": config_arg, "overrides": list(overrides), "image_size": int(config.data.image_size),
+           "batch": int(config.data.batch_size),
            "label_schedule": [list(x) for x in config.labels.schedule],
            "label_size": int(config.labels.size or config.data.image_size)}
     for name, fn in (("phase1", gt), ("phase2", sd)):
@@ -164,10 +166,13 @@ def main() -> int:
     ap.add_argument("--data-dir", default="runs/data")
     ap.add_argument("--repeats", type=int, default=1,
                     help="with --config: time each phase and the label pass this many times, report medians")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --config: a config override (repeatable), e.g. optimizer.flatten=False")
     args = ap.parse_args()
     if args.config:
-        r = bench_config(args.config, args.data_dir, args.steps, args.repeats)
-        print(f"{args.config}: S={r['image_size']} batch {r['batch']}, labels {r['label_schedule']} at "
+        r = bench_config(args.config, args.data_dir, args.steps, args.repeats, args.set)
+        print(f"{args.config} {' '.join(args.set)}: S={r['image_size']} batch {r['batch']}, "
+              f"labels {r['label_schedule']} at "
               f"{r['label_size']}; load average {os.getloadavg()}")
         print(f"{'phase':>8} {'first s':>8} {'step s':>8}")
         for name in ("phase1", "phase2"):

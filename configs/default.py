@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="adamw", learning_rate=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
         schedule="step", decay_steps=100, decay_rate=0.99, warmup_steps=0, end_factor=0.0,
         grad_clip_norm=0.0, skip_nonfinite=True,
+        # True: the optimizer runs on one flat vector of all parameters (optax.flatten): the same update to
+        # float rounding; the step compiles faster and runs a little slower on CPU (docs/training.md)
+        flatten=False,
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=30_000, gt_only_steps=10_000, label_refresh_steps=10_000, parallel="pmap",

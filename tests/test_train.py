@@ -92,6 +92,33 @@ def test_nonfinite_update_is_skipped_and_counted():
     assert T.nonfinite_counts(s) == (0, 1)
 
 
+
+def test_flat_optimizer_is_the_per_array_optimizer_on_one_vector():
+    # optimizer.flatten (the default): the same clipped AdamW with skipping, run on the parameters concatenated
+    # into one vector. Against the per-array optax chain on a tree of mixed shapes: the same updates to float
+    # rounding (the global norm sums in another order), flat state arrays, the same skip of a NaN gradient.
+    rng = np.random.default_rng(0)
+    def draw(shape, scale=1.0):
+        return jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
+
+    p = {"a": draw((3, 4)), "b": {"c": draw((5,)), "d": draw(())}}
+    per_array = T.make_optimizer(_opt_config(grad_clip_norm=1.0), 10)
+    flat = T.make_optimizer(_opt_config(grad_clip_norm=1.0, flatten=True), 10)
+    s0, s1 = per_array.init(p), flat.init(p)
+    assert {x.shape for x in jax.tree.leaves(s1.inner_state) if np.ndim(x)} == {(18,)}
+    q0 = q1 = p
+    for k in range(5):
+        g = jax.tree.map(lambda x: draw(np.shape(x), k + 1), p)
+        u0, s0 = per_array.update(g, s0, q0)
+        u1, s1 = flat.update(g, s1, q1)
+        for a, b in zip(jax.tree.leaves(u0), jax.tree.leaves(u1)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-9)
+        q0, q1 = optax.apply_updates(q0, u0), optax.apply_updates(q1, u1)
+    u1, s1 = flat.update(jax.tree.map(lambda x: x * jnp.nan, p), s1, q1)
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u1))
+    assert T.nonfinite_counts(s1) == (1, 1)
+
+
 # ------------------------------------------------------------------------------------- parallelism
 def _run(mode, rate, steps=4, batch=None, donate_check=False):
     model = TinyNet(rate)

@@ -40,8 +40,11 @@ COMPAT_KEYS: tuple[str, ...] = (
     "optimizer.name",
     "optimizer.grad_clip_norm",
     "optimizer.skip_nonfinite",
+    "optimizer.flatten",
     "train.ema_decay",
 )
+# Values of COMPAT_KEYS that a checkpoint written before the key existed was trained with.
+LEGACY_VALUES: dict[str, Any] = {"optimizer.flatten": False}
 # Keys whose change on resume would relabel what the run's steps mean (the phase boundary, the label rounds,
 # the learning-rate schedule): refused unless `train.allow_schedule_change` is set.
 SCHEDULE_KEYS: tuple[str, ...] = (
@@ -79,9 +82,10 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                        keys: Iterable[str] = COMPAT_KEYS) -> list[str]:
     """Lines `key: checkpoint X, config Y` for every leaf under `keys` that differs. A model key the checkpoint
     lacks counts as its default (`models.DEFAULT_MODEL_CONFIG`), as `models.model_config_dict` reads it when
-    the checkpoint is loaded: a checkpoint saved before `model.upsample` existed is an align_corners refiner."""
+    the checkpoint is loaded: a checkpoint saved before `model.upsample` existed is an align_corners refiner.
+    Other keys the checkpoint lacks count as `LEGACY_VALUES` (what it was written with before the key existed)."""
     a, b = _flatten(saved), _flatten(current)
-    defaults = {f"model.{k}": v for k, v in DEFAULT_MODEL_CONFIG.items()}
+    defaults = {f"model.{k}": v for k, v in DEFAULT_MODEL_CONFIG.items()} | LEGACY_VALUES
     a.update({k: v for k, v in defaults.items() if k in b and k not in a})
     diffs = []
     for key in sorted(set(a) | set(b)):
