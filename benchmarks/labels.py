@@ -9,13 +9,18 @@ G_s are scored against the ground truth:
   window step (`f1_by_step`);
 * Pearson correlation of G_s with the Sobel magnitude of the GT (`sobel_corr_by_step`);
 * the share of `mask_edge` pixels on the 2-pixel border of the image against the border's share of the
-  pixels (`border_share_of_mask_edge`, `border_share_of_pixels`).
+  pixels (`border_share_of_mask_edge`, `border_share_of_pixels`);
+* with `--metrics`, the held-out metrics of the training loop's evaluation (`eval.evaluate.evaluate_maps`:
+  δ1, AbsRel, ORD_boost, D3R, boundary F1) of D_s after each step, beside the low and high inputs
+  (`metrics_by_step`, `inputs`). D_s after the last window step is the two-stage refinement of the image
+  (docs/method.md §5.2), so this compares two-stage inference with the high input on the same images.
 
 Without `--checkpoint` the refiner is a stand-in that copies its high input, so the numbers measure what the
 windows' predictions add; with a training workdir (or converted checkpoint) the trained refiner is the
 teacher. Runs in a few minutes on 2 cores.
 
-    python benchmarks/labels.py [--config configs/synthetic.py] [--checkpoint WORKDIR] [--num 16] [--json out.json]
+    python benchmarks/labels.py [--config configs/synthetic.py] [--checkpoint WORKDIR] [--num 16] [--metrics]
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -54,12 +59,15 @@ def main() -> int:
     ap.add_argument("--schedule", nargs="*", default=None,
                     help="window steps as PIECES,COVER (default: the config's labels.schedule)")
     ap.add_argument("--size", type=int, default=0, help="window refiner size (default: the config's labels.size)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="also the held-out metrics (with D3R and ORD) of D_s after each step and of the inputs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     from sddr_jax import edges
     from sddr_jax.data.pipeline import TrainData
     from sddr_jax.eval import metrics
+    from sddr_jax.eval.evaluate import evaluate_maps, summarize
     from sddr_jax.training.config import load_config
     from sddr_jax.training.labels import label_body, label_options, label_predictor
 
@@ -86,11 +94,14 @@ def main() -> int:
     f1 = [[] for _ in fns]
     corr = [[] for _ in fns]
     edge_border = edge_total = 0
+    rows = []
     t0 = time.perf_counter()
     for batch, n_real in data.eval_batches(1):
         b = {k: batch[k] for k in ("rgb", "low", "high", "depth", "valid", "key") if k in batch}
+        maps = {}
         for k, fn in enumerate(fns):
             lab = jax.device_get(fn(params, b, predictor))
+            maps[f"step{k}"] = np.asarray(lab["depth"])
             for i in range(n_real):
                 gt, valid = batch["depth"][i, ..., 0], batch["valid"][i, ..., 0]
                 d = np.asarray(metrics.align_prediction(lab["depth"][i, ..., 0], gt, valid))
@@ -103,6 +114,10 @@ def main() -> int:
                     ring[2:-2, 2:-2] = False
                     edge_border += int((m & ring).sum())
                     edge_total += int(m.sum())
+        if args.metrics:
+            maps.update(low=np.asarray(batch["low"]), high=np.asarray(batch["high"]))
+            rows += evaluate_maps({k: v[:n_real] for k, v in maps.items()}, np.asarray(batch["depth"])[:n_real],
+                                  np.asarray(batch["valid"])[:n_real], edge_metrics=True)
     h, w = batch["depth"].shape[1:3]
     pixel_share = 1.0 - (h - 4) * (w - 4) / (h * w)
     out = {
@@ -123,6 +138,16 @@ def main() -> int:
         print(f"{name:>14} {a:12.4f} {c:16.4f}")
     print(f"mask_edge on the 2-px border: {out['border_share_of_mask_edge']:.4f} "
           f"(the border is {pixel_share:.4f} of the pixels)")
+    if rows:
+        summary = summarize(rows)
+        out["metrics_by_step"] = [summary[f"step{k}"] for k in range(len(fns))]
+        out["inputs"] = {k: summary[k] for k in ("low", "high")}
+        keys = ("delta1", "abs_rel", "ord_boost", "d3r", "boundary_f1")
+        print(f"{'held-out':>14} " + " ".join(f"{k:>11}" for k in keys))
+        for name, m in [*zip(names, out["metrics_by_step"]), ("low input", out["inputs"]["low"]),
+                        ("high input", out["inputs"]["high"])]:
+            print(f"{name:>14} " + " ".join(f"{m[k]:11.4f}" for k in keys))
+    out["seconds"] = time.perf_counter() - t0
     print(f"{out['seconds']:.0f} s; load average {out['load_average']}")
     if args.json:
         from sddr_jax.io import write_json_atomic
