@@ -147,7 +147,7 @@ def test_config_differences_reads_a_key_added_later_as_its_old_value():
     assert ckpt.config_differences(saved, {"model": {"backbone": "b0", "upsample": "stride_aligned"}}) == [
         "model.upsample: checkpoint 'align_corners', config 'stride_aligned'"]
     # Checkpoints from before `optimizer.flatten` hold per-array optimizer state: they resume with the option
-    # off, and the default (on) is refused with a message naming the key.
+    # off (the default), and a config with it on is refused with a message naming the key.
     saved = {"optimizer": {"name": "adamw"}}
     assert ckpt.config_differences(saved, {"optimizer": {"name": "adamw", "flatten": False}}) == []
     assert ckpt.config_differences(saved, {"optimizer": {"name": "adamw", "flatten": True}}) == [

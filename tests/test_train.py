@@ -92,12 +92,13 @@ def test_nonfinite_update_is_skipped_and_counted():
     assert T.nonfinite_counts(s) == (0, 1)
 
 
-
 def test_flat_optimizer_is_the_per_array_optimizer_on_one_vector():
-    # optimizer.flatten (the default): the same clipped AdamW with skipping, run on the parameters concatenated
-    # into one vector. Against the per-array optax chain on a tree of mixed shapes: the same updates to float
-    # rounding (the global norm sums in another order), flat state arrays, the same skip of a NaN gradient.
+    # optimizer.flatten (on in the tiny configs): the same clipped AdamW with skipping, run on the parameters
+    # concatenated into one vector. Against the per-array optax chain on a tree of mixed shapes: the same
+    # updates to float rounding (the global norm sums in another order), flat state arrays, the same skip of a
+    # NaN gradient.
     rng = np.random.default_rng(0)
+
     def draw(shape, scale=1.0):
         return jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
 

@@ -116,7 +116,7 @@ def make_optimizer(config: Any, num_steps: int) -> optax.GradientTransformation:
     """optax AdamW (docs/method.md §10 defaults: weight decay 0.01, b1 0.9, b2 0.999, eps 1e-8; weight decay is set
     explicitly because optax's default, 1e-4, differs from PyTorch's), an optional global-norm clip before
     it, and `optax.apply_if_finite`, which skips (and counts) any update with a non-finite gradient; with
-    `flatten` (the default) all of it runs on the parameters concatenated into one vector (`optax.flatten`)."""
+    `flatten` (off by default) all of it runs on the parameters concatenated into one vector (`optax.flatten`)."""
     if config.name != "adamw":
         raise UserError(f"optimizer.name: only 'adamw' is implemented, got {config.name!r}")
     tx = optax.adamw(make_schedule(config, num_steps), b1=float(config.b1), b2=float(config.b2),
