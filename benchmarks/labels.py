@@ -20,7 +20,10 @@ windows' predictions add; with a training workdir (or converted checkpoint) the 
 teacher. Runs in a few minutes on 2 cores.
 
     python benchmarks/labels.py [--config configs/synthetic.py] [--checkpoint WORKDIR] [--num 16] [--metrics]
-        [--json out.json]
+        [--seed K] [--json out.json]
+
+`--seed` sets the config's seed, which draws the held-out low/high maps (and the windows' predictions): a
+training run's own evaluation uses its seed's maps.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=0, help="window refiner size (default: the config's labels.size)")
     ap.add_argument("--metrics", action="store_true",
                     help="also the held-out metrics (with D3R and ORD) of D_s after each step and of the inputs")
+    ap.add_argument("--seed", type=int, default=None, help="the config's seed (default: the config's own)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -74,6 +78,8 @@ def main() -> int:
     config = load_config(args.config)
     config.data.data_dir = args.data_dir
     config.eval.num_examples = args.num
+    if args.seed is not None:
+        config.seed = args.seed
     if args.size:
         config.labels.size = args.size
     if args.schedule is not None:
@@ -122,7 +128,8 @@ def main() -> int:
     pixel_share = 1.0 - (h - 4) * (w - 4) / (h * w)
     out = {
         "refiner": args.checkpoint or "copy-high stand-in",
-        "config": args.config, "num_images": len(f1[0]), "schedule": [list(s) for s in schedule],
+        "config": args.config, "seed": int(config.seed), "num_images": len(f1[0]),
+        "schedule": [list(s) for s in schedule],
         "f1_by_step": [float(np.mean(x)) for x in f1],
         "sobel_corr_by_step": [float(np.mean(x)) for x in corr],
         "border_share_of_mask_edge": edge_border / max(edge_total, 1),
