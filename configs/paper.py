@@ -78,5 +78,4 @@ def get_config(arg: str = ""):
         c.train.log_every = 1
         c.train.eval_every = 0
         c.eval.num_examples = 4
-        c.optimizer.flatten = True  # a few steps: compile time is what counts (docs/training.md)
     return c

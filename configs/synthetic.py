@@ -100,7 +100,6 @@ def get_config(arg: str = ""):
         # A smoke run of 6 steps: XLA:CPU builds its programs without LLVM optimisation (the step compiles in
         # 16 s instead of 25 s on 2 cores and runs 2.6x slower; docs/training.md).
         c.train.xla_cpu_optimization_level = 0
-        c.optimizer.flatten = True  # a few steps: compile time is what counts (docs/training.md)
         c.eval.num_examples = 8
         c.eval.edge_metrics = False
         c.train.best_metric = "abs_rel"

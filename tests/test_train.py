@@ -279,7 +279,8 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     assert set(result["eval"]) == {"refined", "low", "high"}
     assert 0 < result["eval"]["refined"]["delta1"] <= 1
     # Every program ran as built ahead of its call, from shapes alone (nothing compiled twice).
-    assert {k: v["fallback_calls"] for k, v in result["compile"].items()} == {"step": 0, "eval": 0, "labels": 0}
+    assert {k: v["fallback_calls"] for k, v in result["compile"].items()} == {"step": 0, "eval": 0, "labels": 0}, \
+        result["compile"]
 
     # The checkpoint carries its model config (cross_iterations=2): refine and evaluate build that model.
     _tiny_checkpoint_through_the_cli(a, data_dir, root)
@@ -313,7 +314,7 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     assert [rec["step"] for rec in log_b] == [1, 2, 3, 4, 5, 6]
     assert [rec["loss"] for rec in log_b] == [rec["loss"] for rec in log]
     resumed = json.loads((b / "result.json").read_text())["compile"]
-    assert {k: v["fallback_calls"] for k, v in resumed.items()} == {"step": 0, "eval": 0, "labels": 0}
+    assert {k: v["fallback_calls"] for k, v in resumed.items()} == {"step": 0, "eval": 0, "labels": 0}, resumed
     # 4. An incompatible config is refused with a clear message (exit code 2).
     r = subprocess.run(_train_cmd(b, data_dir, "--config.model.cross_iterations=3"), env=env, capture_output=True,
                        text=True, timeout=300)

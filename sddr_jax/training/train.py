@@ -615,7 +615,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     result["step"] = num_steps
     # Seconds each program took to build in its thread, and calls that missed it (0 unless shapes changed).
     jobs = {"step": step_job, "eval": eval_job, "labels": label_job}
-    result["compile"] = {name: {"seconds": round(job.seconds, 2), "fallback_calls": job.fallback_calls}
+    result["compile"] = {name: {"seconds": round(job.seconds, 2), "fallback_calls": job.fallback_calls,
+                                "error": None if job.error is None else repr(job.error)[:500]}
                          for name, job in jobs.items() if job is not None}
     if jax.process_index() == 0:
         write_json_atomic(workdir / "result.json", result)
