@@ -107,7 +107,8 @@ def main() -> int:
         maps = {}
         for k, fn in enumerate(fns):
             lab = jax.device_get(fn(params, b, predictor))
-            maps[f"step{k}"] = np.asarray(lab["depth"])
+            if args.metrics:
+                maps[f"step{k}"] = np.asarray(lab["depth"])
             for i in range(n_real):
                 gt, valid = batch["depth"][i, ..., 0], batch["valid"][i, ..., 0]
                 d = np.asarray(metrics.align_prediction(lab["depth"][i, ..., 0], gt, valid))

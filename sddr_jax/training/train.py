@@ -129,8 +129,9 @@ def make_optimizer(config: Any, num_steps: int) -> optax.GradientTransformation:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
     if config.get("flatten", False):
         # One vector instead of one set of ops per parameter array (305 in the refiner): the step program
-        # compiles faster and runs fewer, larger kernels. The optimizer state keeps its type (optax.flatten
-        # adds no wrapper), so `nonfinite_counts` reads it as before; its arrays are flat vectors.
+        # compiles faster; each step copies into and out of the vector (5-10 % slower on CPU, docs/training.md).
+        # The optimizer state keeps its type (optax.flatten adds no wrapper), so `nonfinite_counts` reads it
+        # as before; its arrays are flat vectors.
         tx = optax.flatten(tx)
     return tx
 
@@ -613,7 +614,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     log.close()
     eval_log.close()
     result["step"] = num_steps
-    # Seconds each program took to build in its thread, and calls that missed it (0 unless shapes changed).
+    # Seconds each program took to build in its thread, calls that missed it (0 unless shapes changed), and
+    # the build's error if it failed (its calls then compile the usual way).
     jobs = {"step": step_job, "eval": eval_job, "labels": label_job}
     result["compile"] = {name: {"seconds": round(job.seconds, 2), "fallback_calls": job.fallback_calls,
                                 "error": None if job.error is None else repr(job.error)[:500]}
