@@ -13,7 +13,9 @@ on the same images:
 
 (`--roll`: also each refined map shifted by one pixel in the 8 directions; `--shift DY,DX`, repeatable: also
 each refined map shifted by a sub-pixel amount, cubic spline interpolation, and the same map shifted there and
-back, which isolates the interpolation's smoothing from the shift), with, for each: the mean D3R
+back, which isolates the interpolation's smoothing from the shift; `--breakdown`: also D3R per group of pairs,
+by the distance from the pair's nearer centre to a GT depth edge and by the pair's GT depth ratio, so a map's
+errors can be placed: on the edges or between them), with, for each: the mean D3R
 over images (the evaluator's mean, `metrics.aggregate`: an image scoring exactly 0 is left out, as in the
 official code, so the numbers match the training tables), the counted pairs, the share of pairs whose order
 the map gets flat (within 1 %: error 1) or reversed (error 2), the mean centre distance of the pairs, and
@@ -46,6 +48,32 @@ def band_limited(gt: np.ndarray, s: int) -> np.ndarray:
     return np.asarray(resize_bilinear(small[None, :, :, None], (h, w))[0, ..., 0])
 
 
+EDGE_DISTANCE_BINS = (1.0, 2.0, 3.0, 5.0)
+GT_RATIO_BINS = (1.15, 1.3, 1.6, 2.5)
+
+
+def edge_distance(gt: np.ndarray, valid: np.ndarray, threshold: float = 1.05) -> np.ndarray:
+    """Euclidean distance (px) of every pixel to the nearest GT depth-edge pixel: a valid pixel whose depth and a
+    valid 4-neighbour's differ by a ratio above `threshold` (boundary F1's lowest threshold); both pixels of such
+    a pair are edge pixels, so a distance below 1 means on the edge."""
+    from scipy import ndimage
+
+    d = np.where(valid, np.maximum(gt, 1e-6), np.nan)
+    edge = np.zeros(d.shape, bool)
+    for a, b in ((d[:, 1:], d[:, :-1]), (d[1:, :], d[:-1, :])):
+        with np.errstate(invalid="ignore"):
+            step = np.maximum(a / b, b / a) > threshold
+        if a.shape[1] != d.shape[1]:
+            edge[:, 1:] |= step
+            edge[:, :-1] |= step
+        else:
+            edge[1:, :] |= step
+            edge[:-1, :] |= step
+    if not edge.any():  # no edge at all: every pixel is infinitely far (edt would measure to the array's border)
+        return np.full(d.shape, np.inf)
+    return ndimage.distance_transform_edt(~edge)
+
+
 def _reference_maps(gt: np.ndarray) -> dict[str, np.ndarray]:
     import cv2
 
@@ -68,6 +96,13 @@ def main() -> int:
                     help="also score each refined map shifted by (DY, DX) pixels, sub-pixel (scipy.ndimage.shift, "
                          "cubic, edge values extended), and shifted there and back (the interpolation's smoothing "
                          "alone); repeatable")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the config's seed, which draws the held-out low/high maps (default: the config's own; a "
+                         "training run's own evaluation uses its seed's maps)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also D3R (pooled over pairs) by the distance of a pair's nearer centre to the nearest GT "
+                         "depth edge (a 4-neighbour depth ratio above 1.05, boundary F1's lowest threshold) and by "
+                         "the pair's GT ratio")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     shifts = []
@@ -90,6 +125,8 @@ def main() -> int:
     config = load_config(args.config)
     config.data.data_dir = args.data_dir
     config.eval.num_examples = args.num
+    if args.seed is not None:
+        config.seed = args.seed
     batches = list(TrainData(config).eval_batches(1))
     refiners = {}
     for spec in args.checkpoint:
@@ -100,6 +137,8 @@ def main() -> int:
         refiners[f"refined, {path} step {got}"] = (fn, params)
 
     rows: dict[str, dict[str, list]] = {}
+    pair_errors: dict[str, list] = {}  # --breakdown: per map, per image, the pairs' errors
+    pair_groups: list[tuple[np.ndarray, np.ndarray]] = []  # per image: (edge distance, GT ratio) per pair
 
     def score(name: str, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> None:
         o = metrics.d3r_outcomes(pred, gt, pred_space="depth")
@@ -109,6 +148,8 @@ def main() -> int:
         r["flat"].append(o["flat"])
         r["reversed"].append(o["reversed"])
         r["distance"].append(o["distance_sum"])
+        if args.breakdown:
+            pair_errors.setdefault(name, []).append(metrics.d3r_pair_errors(pred, gt, pred_space="depth")["error"])
         aligned = np.asarray(metrics.align_prediction(pred, gt, valid), np.float64)  # as metrics.image_metrics
         r["boundary_f1"].append(metrics.boundary_f1(np.maximum(aligned, 1e-6), gt, valid))
 
@@ -127,6 +168,11 @@ def main() -> int:
                     maps[f"{name}, shifted ({dy:+g}, {dx:+g})"] = moved
                     maps[f"{name}, shifted ({dy:+g}, {dx:+g}) and back"] = ndimage.shift(moved, (-dy, -dx), order=3,
                                                                                           mode="nearest")
+            if args.breakdown:
+                p = metrics.d3r_pair_errors(gt, gt, pred_space="depth")
+                dist = edge_distance(gt, valid)
+                near = np.minimum(dist[tuple(p["centre_a"].T)], dist[tuple(p["centre_b"].T)])
+                pair_groups.append((near, p["gt_ratio"]))
             for name, m in maps.items():
                 score(name, np.asarray(m, np.float32), gt, valid)
 
@@ -145,12 +191,31 @@ def main() -> int:
     for name, s in summary.items():
         print(f"{name:>{width}} {s['d3r']:7.4f} {s['pairs']:7d} {s['flat_share']:7.4f} {s['reversed_share']:9.4f} "
               f"{s['mean_centre_distance_px']:8.2f} {s['boundary_f1']:7.4f}")
+    breakdown = {}
+    if args.breakdown:
+        near = np.concatenate([g[0] for g in pair_groups])
+        ratio = np.concatenate([g[1] for g in pair_groups])
+        groups = {"edge_distance_px": (near, EDGE_DISTANCE_BINS), "gt_ratio": (ratio, GT_RATIO_BINS)}
+        for key, (values, bins) in groups.items():
+            which = np.digitize(values, bins)
+            labels = [f"[{lo:g}, {hi:g})" for lo, hi in zip((-np.inf,) + bins, bins + (np.inf,))]
+            share = [float(np.mean(which == k)) for k in range(len(labels))]
+            breakdown[key] = {"groups": labels, "pair_share": share, "d3r_pooled": {}}
+            for name, errs in pair_errors.items():
+                e = np.concatenate(errs)
+                breakdown[key]["d3r_pooled"][name] = [float(e[which == k].mean()) if np.any(which == k) else None
+                                                      for k in range(len(labels))]
+            print(f"\nD3R pooled over the pairs of each group, by {key} (share of pairs in brackets)")
+            print(f"{'map':>{width}} " + " ".join(f"{lab + f' ({sh:.2f})':>18}" for lab, sh in zip(labels, share)))
+            for name, row in breakdown[key]["d3r_pooled"].items():
+                print(f"{name:>{width}} " + " ".join(f"{v:18.4f}" if v is not None else f"{'-':>18}" for v in row))
     if args.json:
         from sddr_jax.io import write_json_atomic
 
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.json, {"config": args.config, "num_images": len(rows["low input"]["d3r"]),
-                                      "maps": summary, "load_average": os.getloadavg()})
+        write_json_atomic(args.json, {"config": args.config, "seed": int(config.seed),
+                                      "num_images": len(rows["low input"]["d3r"]),
+                                      "maps": summary, "breakdown": breakdown, "load_average": os.getloadavg()})
     return 0
 
 

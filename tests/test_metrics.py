@@ -210,6 +210,24 @@ def test_d3r_outcomes_closed_form():
     assert metrics.d3r(100.0 - gt, gt, **kw) == pytest.approx(2.0)
 
 
+def test_d3r_pair_errors_are_the_pairs_d3r_averages():
+    yy, xx = np.mgrid[0:48, 0:48]
+    gt = 2.0 + (xx // 12) + 0.5 * (yy // 16)
+    kw = dict(pred_space="depth", n_segments=200)
+    rev = metrics.d3r_pair_errors(100.0 - gt, gt, **kw)
+    assert len(rev["error"]) > 10 and np.all(rev["error"] == 2)
+    # every counted pair differs by more than 10 % in the protocol's GT (here GT depth rescaled to [0, 1])
+    assert np.all(rev["gt_ratio"] > 1.1)
+    a, b = rev["centre_a"], rev["centre_b"]
+    assert np.all(np.abs(a - b).sum(-1) > 0) and a.min() >= 0 and a.max() < 48
+    noisy = gt + np.random.default_rng(0).normal(0.0, 0.4, gt.shape)
+    got = metrics.d3r_pair_errors(noisy, gt, **kw)
+    assert 0.0 < got["error"].mean() < 2.0
+    assert got["error"].mean() == pytest.approx(metrics.d3r(noisy, gt, **kw), abs=1e-12)
+    o = metrics.d3r_outcomes(noisy, gt, **kw)
+    assert (o["flat"], o["reversed"]) == (int(np.sum(got["error"] == 1)), int(np.sum(got["error"] == 2)))
+
+
 def test_boost_metrics_score_the_pairs_of_boosts_loop():
     # boost_edge_metrics scores the counted pairs (computed once per GT) with array operations; d3r_routine
     # is the loop of Boost's D3R.m. They agree exactly, for neighbour lists and for random lists with

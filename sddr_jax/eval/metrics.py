@@ -388,6 +388,20 @@ def _pair_error(gv: np.ndarray, ev: np.ndarray, pairs: np.ndarray, ratio: float)
     return int(err.sum()), len(pairs)
 
 
+def d3r_pair_errors(pred, gt, **kwargs) -> dict[str, np.ndarray]:
+    """The D3R pairs of one image one by one (a diagnostic; keyword arguments as `boost_points`):
+    {"centre_a", "centre_b" ((m, 2) rows/cols of each counted pair's two superpixel centres), "gt_ratio" ((m,)
+    the larger GT value of the pair over the smaller, in the protocol's rescaled GT), "error" ((m,) int: 0
+    agree, 1 flat, 2 reversed; D3R = error.mean())}."""
+    pts = boost_points(pred, gt, **kwargs)
+    centres, gv, pairs = pts["centres"], pts["gv"], pts["d3r_pairs"]
+    ev = pts["est"][centres[:, 0], centres[:, 1]]
+    i, j = pairs[:, 0], pairs[:, 1]
+    error = np.abs(_ord_array(gv[i], gv[j], 1.01) - _ord_array(ev[i], ev[j], 1.01)).astype(np.int64)
+    hi, lo = np.maximum(gv[i], gv[j]), np.minimum(gv[i], gv[j])
+    return {"centre_a": centres[i], "centre_b": centres[j], "gt_ratio": (hi + _EPS) / (lo + _EPS), "error": error}
+
+
 def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
     """How the D3R pairs of one image come out (a diagnostic; keyword arguments as `boost_points`):
     {"pairs", "agree", "flat" (the prediction's two values within 1 %: error 1), "reversed" (the opposite
