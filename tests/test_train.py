@@ -315,6 +315,7 @@ def test_tiny_run_kill_and_resume_is_bit_identical(tiny_env):
     assert [rec["loss"] for rec in log_b] == [rec["loss"] for rec in log]
     resumed = json.loads((b / "result.json").read_text())["compile"]
     assert {k: v["fallback_calls"] for k, v in resumed.items()} == {"step": 0, "eval": 0, "labels": 0}, resumed
+    assert all(v["error"] is None for v in resumed.values()), resumed
     # 4. An incompatible config is refused with a clear message (exit code 2).
     r = subprocess.run(_train_cmd(b, data_dir, "--config.model.cross_iterations=3"), env=env, capture_output=True,
                        text=True, timeout=300)
@@ -444,6 +445,29 @@ def test_background_compile_runs_its_program(caplog):
     assert failing.error is not None
     with pytest.raises(TypeError):
         failing(jnp.ones((2, 3)))
+    assert failing.thread_error is not None and "TypeError" in failing.thread_error
+    assert failing.fallback_calls == 1  # built in its thread, again at the call, then the plain call raised
+
+
+def test_background_compile_survives_a_lazy_import_window_in_another_thread():
+    """etils' `epy.lazy_imports()` (tensorflow_datasets imports inside one) replaces `builtins.__import__` for
+    the whole process while it is open, so a trace running in a thread meanwhile gets lazy stubs for its own
+    function-level imports and fails (the resumed run of the kill-and-resume test once ran its step through the
+    fallback path this way). The build is redone at the first call, in the calling thread: the call runs the
+    executable built ahead of it, and the first failure is kept for result.json."""
+    from etils import epy
+
+    from sddr_jax.training.train import BackgroundCompile
+
+    fn = jax.jit(lambda x: jnp.sin(x) * 2.0 + 0.5)
+    x = jnp.linspace(0.0, 1.0, 8)
+    with epy.lazy_imports():
+        job = BackgroundCompile(fn, x)
+        job.wait()
+    assert job.compiled is None and job.error is not None  # the window broke the thread's trace
+    np.testing.assert_allclose(np.asarray(job(x)), np.sin(np.linspace(0.0, 1.0, 8)) * 2.0 + 0.5, rtol=1e-6)
+    assert job.fallback_calls == 0 and job.compiled is not None and job.error is None
+    assert job.thread_error is not None and "Traceback" in job.thread_error
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "shard_map"])

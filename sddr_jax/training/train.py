@@ -15,6 +15,7 @@ import os
 import pathlib
 import threading
 import time
+import traceback
 from typing import Any, Callable, Mapping
 
 import flax
@@ -269,36 +270,53 @@ class BackgroundCompile:
     Calling the object waits for the thread, then runs that executable for arguments of the same signature
     and `fn` itself for any other (which compiles it the usual way). `compiler_options` are XLA options of
     this build (`train.xla_cpu_optimization_level`, see `compiler_options`); without them the executable is
-    also the one a plain call of `fn` finds in JAX's cache. A failure is not raised here: `fn`'s call raises it."""
+    also the one a plain call of `fn` finds in JAX's cache.
+
+    A build that failed in its thread is built once more by the first call of its signature, in the calling
+    thread, before anything falls back: tracing in a thread is not safe while another thread imports a module
+    that patches `builtins.__import__` for the length of its import (etils' `epy.lazy_imports`, used by
+    tensorflow_datasets), because the trace's own function-level imports then get lazy stubs (seen as
+    `ModuleNotFoundError: No module named 'jax._src.state.types.TransformedRef'` in a resumed run, and
+    reproduced in tests/test_train.py). `thread_error` keeps that first failure (with its traceback) and
+    `error` the failure of the build in use (None once a rebuild succeeded); a failure is not raised here:
+    `fn`'s call raises it."""
 
     def __init__(self, fn: Callable, *args: Any, compiler_options: Mapping[str, Any] | None = None):
         self.fn = fn
-        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
-                             args)
-        self._signature = _signature(specs)
+        self._specs = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), args)
+        self._signature = _signature(self._specs)
+        self._options = dict(compiler_options) if compiler_options else None
         self.compiled = None
-        self.fallback_calls = 0  # calls whose signature differed: `fn` ran (and compiled) instead
-        self.seconds = float("nan")
+        self.fallback_calls = 0  # calls whose signature differed (or whose build failed twice): `fn` ran instead
+        self.seconds = 0.0  # seconds spent building (the thread's build, plus a rebuild if there was one)
         self.error: BaseException | None = None
-        options = dict(compiler_options) if compiler_options else None
-
-        def run():
-            t0 = time.perf_counter()
-            try:
-                self.compiled = fn.lower(*specs).compile(options)
-            except Exception as e:  # noqa: BLE001 -- reported by the real call
-                self.error = e
-            self.seconds = time.perf_counter() - t0
-
-        self._thread = threading.Thread(target=run, name="sddr-jax-compile", daemon=True)
+        self.thread_error: str | None = None
+        self._rebuilt = False
+        self._thread = threading.Thread(target=self._build, name="sddr-jax-compile", daemon=True)
         self._thread.start()
+
+    def _build(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.compiled = self.fn.lower(*self._specs).compile(self._options)
+            self.error = None
+        except Exception as e:  # noqa: BLE001 -- reported by the real call
+            self.error = e
+        self.seconds += time.perf_counter() - t0
 
     def wait(self) -> None:
         self._thread.join()
 
     def __call__(self, *args: Any) -> Any:
         self.wait()
-        if self.compiled is not None and _signature(args) == self._signature:
+        same = _signature(args) == self._signature
+        if same and self.compiled is None and not self._rebuilt:
+            self._rebuilt = True
+            e = self.error
+            self.thread_error = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
+            self._build()
+        if same and self.compiled is not None:
             return self.compiled(*args)
         self.fallback_calls += 1
         return self.fn(*args)
@@ -614,10 +632,12 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     log.close()
     eval_log.close()
     result["step"] = num_steps
-    # Seconds each program took to build in its thread, calls that missed it (0 unless shapes changed), and
-    # the build's error if it failed (its calls then compile the usual way).
+    # Seconds each program took to build ahead of its first call, calls that missed it (0 unless shapes
+    # changed), the error of a thread's build that had to be redone in the calling thread (with its
+    # traceback), and the error of a build that failed twice (its calls then compiled the usual way).
     jobs = {"step": step_job, "eval": eval_job, "labels": label_job}
     result["compile"] = {name: {"seconds": round(job.seconds, 2), "fallback_calls": job.fallback_calls,
+                                "thread_error": job.thread_error,
                                 "error": None if job.error is None else repr(job.error)[:500]}
                          for name, job in jobs.items() if job is not None}
     if jax.process_index() == 0:
