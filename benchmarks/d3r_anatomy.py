@@ -141,7 +141,8 @@ def main() -> int:
     pair_groups: list[tuple[np.ndarray, np.ndarray]] = []  # per image: (edge distance, GT ratio) per pair
 
     def score(name: str, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> None:
-        o = metrics.d3r_outcomes(pred, gt, pred_space="depth")
+        p = metrics.d3r_pair_errors(pred, gt, pred_space="depth")
+        o = metrics.d3r_outcomes_of_pairs(p)
         r = rows.setdefault(name, {k: [] for k in ("d3r", "pairs", "flat", "reversed", "distance", "boundary_f1")})
         r["d3r"].append((o["flat"] + 2 * o["reversed"]) / o["pairs"] if o["pairs"] else float("nan"))
         r["pairs"].append(o["pairs"])
@@ -149,7 +150,7 @@ def main() -> int:
         r["reversed"].append(o["reversed"])
         r["distance"].append(o["distance_sum"])
         if args.breakdown:
-            pair_errors.setdefault(name, []).append(metrics.d3r_pair_errors(pred, gt, pred_space="depth")["error"])
+            pair_errors.setdefault(name, []).append(p["error"])
         aligned = np.asarray(metrics.align_prediction(pred, gt, valid), np.float64)  # as metrics.image_metrics
         r["boundary_f1"].append(metrics.boundary_f1(np.maximum(aligned, 1e-6), gt, valid))
 

@@ -407,16 +407,16 @@ def d3r_outcomes(pred, gt, **kwargs) -> dict[str, float]:
     {"pairs", "agree", "flat" (the prediction's two values within 1 %: error 1), "reversed" (the opposite
     order: error 2)}, so D3R = (flat + 2 * reversed) / pairs, and "distance_sum", the summed distance in
     pixels between the two centres of each pair. (Every counted pair differs by > 10 % in the GT, so the GT's
-    own order at 1 % is never 0.)"""
-    pts = boost_points(pred, gt, **kwargs)
-    centres, gv, pairs = pts["centres"], pts["gv"], pts["d3r_pairs"]
-    ev = pts["est"][centres[:, 0], centres[:, 1]]
-    i, j = pairs[:, 0], pairs[:, 1]
-    og, oe = _ord_array(gv[i], gv[j], 1.01), _ord_array(ev[i], ev[j], 1.01)
-    flat = (og != oe) & (oe == 0)
-    distance = np.hypot(*(centres[i] - centres[j]).T.astype(np.float64))
-    return {"pairs": len(pairs), "agree": int(np.sum(og == oe)), "flat": int(flat.sum()),
-            "reversed": int(np.sum((og != oe) & ~flat)), "distance_sum": float(sum(distance.tolist(), 0.0))}
+    own order at 1 % is never 0 and a pair's error alone tells flat from reversed.)"""
+    return d3r_outcomes_of_pairs(d3r_pair_errors(pred, gt, **kwargs))
+
+
+def d3r_outcomes_of_pairs(pairs: dict[str, np.ndarray]) -> dict[str, float]:
+    """`d3r_outcomes` from `d3r_pair_errors`' output (for a caller that also needs the pairs one by one)."""
+    error = pairs["error"]
+    distance = np.hypot(*(pairs["centre_a"] - pairs["centre_b"]).T.astype(np.float64))
+    return {"pairs": len(error), "agree": int(np.sum(error == 0)), "flat": int(np.sum(error == 1)),
+            "reversed": int(np.sum(error == 2)), "distance_sum": float(sum(distance.tolist(), 0.0))}
 
 
 class _GroundTruthCache:

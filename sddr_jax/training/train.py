@@ -291,8 +291,7 @@ class BackgroundCompile:
         self.fallback_calls = 0  # calls whose signature differed (or whose build failed twice): `fn` ran instead
         self.seconds = 0.0  # seconds spent building (the thread's build, plus a rebuild if there was one)
         self.error: BaseException | None = None
-        self.thread_error: str | None = None
-        self._rebuilt = False
+        self.thread_error: str | None = None  # set when the call rebuilds: at most one rebuild
         self._thread = threading.Thread(target=self._build, name="sddr-jax-compile", daemon=True)
         self._thread.start()
 
@@ -311,8 +310,7 @@ class BackgroundCompile:
     def __call__(self, *args: Any) -> Any:
         self.wait()
         same = _signature(args) == self._signature
-        if same and self.compiled is None and not self._rebuilt:
-            self._rebuilt = True
+        if same and self.compiled is None and self.thread_error is None:
             e = self.error
             self.thread_error = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
             self._build()
