@@ -13,7 +13,9 @@ on the same images:
 
 (`--roll`: also each refined map shifted by one pixel in the 8 directions; `--shift DY,DX`, repeatable: also
 each refined map shifted by a sub-pixel amount, cubic spline interpolation, and the same map shifted there and
-back, which isolates the interpolation's smoothing from the shift; `--breakdown`: also D3R per group of pairs,
+back, which isolates the interpolation's smoothing from the shift; `--blur SIGMA`, repeatable: also each refined
+map and the high input blurred by a Gaussian of SIGMA px, a diagnostic of how much of a map's D3R comes from
+sharp transitions drawn at uncertain positions; `--breakdown`: also D3R per group of pairs,
 by the distance from the pair's nearer centre to a GT depth edge and by the pair's GT depth ratio, so a map's
 errors can be placed: on the edges or between them), with, for each: the mean D3R
 over images (the evaluator's mean, `metrics.aggregate`: an image scoring exactly 0 is left out, as in the
@@ -96,6 +98,10 @@ def main() -> int:
                     help="also score each refined map shifted by (DY, DX) pixels, sub-pixel (scipy.ndimage.shift, "
                          "cubic, edge values extended), and shifted there and back (the interpolation's smoothing "
                          "alone); repeatable")
+    ap.add_argument("--blur", action="append", default=[], type=float, metavar="SIGMA",
+                    help="also score each refined map (and the high input) blurred by a Gaussian of SIGMA pixels "
+                         "(scipy.ndimage.gaussian_filter, edge values extended): a diagnostic of how much of a "
+                         "map's D3R comes from sharp transitions at uncertain positions; repeatable")
     ap.add_argument("--seed", type=int, default=None,
                     help="the config's seed, which draws the held-out low/high maps (default: the config's own; a "
                          "training run's own evaluation uses its seed's maps)")
@@ -169,6 +175,13 @@ def main() -> int:
                     maps[f"{name}, shifted ({dy:+g}, {dx:+g})"] = moved
                     maps[f"{name}, shifted ({dy:+g}, {dx:+g}) and back"] = ndimage.shift(moved, (-dy, -dx), order=3,
                                                                                           mode="nearest")
+            for sigma in args.blur:
+                if sigma <= 0:
+                    ap.error(f"--blur: expected a Gaussian sigma > 0 (pixels), got {sigma}")
+                for name, m in [("high input", batch["high"][i, ..., 0]),
+                                *((name, r[i, ..., 0]) for name, r in refined.items())]:
+                    maps[f"{name}, blurred (sigma {sigma:g} px)"] = ndimage.gaussian_filter(
+                        np.asarray(m, np.float64), sigma, mode="nearest")
             if args.breakdown:
                 p = metrics.d3r_pair_errors(gt, gt, pred_space="depth")
                 dist = edge_distance(gt, valid)
