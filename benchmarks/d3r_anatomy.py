@@ -118,6 +118,9 @@ def main() -> int:
         except ValueError:
             ap.error(f"--shift: expected DY,DX (two numbers, pixels), got {spec!r}")
         shifts.append((dy, dx))
+    for sigma in args.blur:
+        if not sigma > 0:
+            ap.error(f"--blur: expected a Gaussian sigma > 0 (pixels), got {sigma}")
 
     from scipy import ndimage
 
@@ -176,8 +179,6 @@ def main() -> int:
                     maps[f"{name}, shifted ({dy:+g}, {dx:+g}) and back"] = ndimage.shift(moved, (-dy, -dx), order=3,
                                                                                           mode="nearest")
             for sigma in args.blur:
-                if sigma <= 0:
-                    ap.error(f"--blur: expected a Gaussian sigma > 0 (pixels), got {sigma}")
                 for name, m in [("high input", batch["high"][i, ..., 0]),
                                 *((name, r[i, ..., 0]) for name, r in refined.items())]:
                     maps[f"{name}, blurred (sigma {sigma:g} px)"] = ndimage.gaussian_filter(
